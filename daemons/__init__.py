@@ -1,0 +1,1 @@
+"""Daemon programs (qnetd, qnet-channeld), installed as the package ``qnet.daemons``."""

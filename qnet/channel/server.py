@@ -1,0 +1,233 @@
+"""The channel backend's driver: sessions, the herald timer and the Channel API handlers.
+
+It owns one ``ChannelCore`` and moves its inputs and outputs: requests come in through the
+handlers below (async, run in the trio thread by the gRPC bridge), heralds go out through one
+event queue per session, and one timer task advances the core to each herald's physical time.
+Everything here runs in one trio thread, so the core needs no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import trio
+
+from qnet.channel import wire
+from qnet.channel.wire import PROTOCOL_VERSION, check_version
+from qnet.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from qnet.physical.channel_core import ChannelCore
+from qnet.runtime.clock import PhysicalClock
+from qnet.v1 import channel_pb2 as pb
+
+log = logging.getLogger("qnet.channeld")
+
+
+@dataclass(eq=False)
+class _Session:
+    token: str
+    node: str
+    # Heralds are bounded by the armed qubits, themselves bounded by memory, so the queue is
+    # unbounded by construction rather than by a size that could drop a herald.
+    send: trio.MemorySendChannel[pb.Event]
+    recv: trio.MemoryReceiveChannel[pb.Event]
+    streaming: bool = False
+    ended: bool = False
+
+
+class ChannelServer:
+    """The Channel API over one physical core. Create and ``run`` it inside trio."""
+
+    def __init__(self, core: ChannelCore, clock: PhysicalClock) -> None:
+        self.core = core
+        self.clock = clock
+        self._sessions: dict[str, _Session] = {}
+        self._by_node: dict[str, _Session] = {}
+        self._wake = trio.Event()
+
+    # -- driver loop ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Advance the core to each herald's time and deliver the heralds; runs until
+        cancelled."""
+        task_status.started()
+        while True:
+            deadline = self.core.next_deadline()
+            self._wake = trio.Event()
+            with trio.move_on_at(
+                self.clock.trio_time(deadline) if deadline is not None else float("inf")
+            ):
+                await self._wake.wait()
+            self.core.advance(max(self.clock.now_ns(), self.core.now))
+            self._dispatch()
+
+    def _now(self) -> int:
+        # Physical time never runs backwards even if the float conversion wobbles.
+        return max(self.clock.now_ns(), self.core.now)
+
+    def _dispatch(self) -> None:
+        for event in self.core.pop_events():
+            session = self._by_node.get(event.node)
+            if session is not None:
+                session.send.send_nowait(wire.herald_to_wire(event))
+
+    def _after_request(self) -> None:
+        """Deliver what the request caused and let the timer pick up a new schedule."""
+        self._dispatch()
+        self._wake.set()
+
+    def _session(self, token: str) -> _Session:
+        session = self._sessions.get(token)
+        if session is None:
+            raise Unauthenticated("unknown or ended session; register the node first")
+        return session
+
+    def _end_session(self, session: _Session, reason: str) -> None:
+        session.ended = True
+        del self._sessions[session.token]
+        if self._by_node.get(session.node) is session:
+            del self._by_node[session.node]
+        ended = pb.Event(
+            protocol_version=PROTOCOL_VERSION,
+            time_ns=self._now(),
+            session_ended=pb.SessionEnded(reason=reason),
+        )
+        session.send.send_nowait(ended)
+        session.send.close()
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
+        check_version(req)
+        params = wire.node_params_from_wire(req.memory_qubits, req.noise)
+        now = self._now()
+        old = self._by_node.get(req.node)
+        if old is not None:
+            if not req.takeover:
+                raise AlreadyExists(
+                    f"node {req.node} is already registered; set takeover to replace it"
+                )
+            self.core.unregister_node(req.node, now)
+            self._end_session(old, "taken over by a new registration")
+        self.core.register_node(req.node, params, now)
+        send, recv = trio.open_memory_channel[pb.Event](float("inf"))
+        token = secrets.token_hex(16)
+        session = _Session(token, req.node, send, recv)
+        self._sessions[token] = session
+        self._by_node[req.node] = session
+        log.info("registered node %s (%d memory qubits)", req.node, params.memory_qubits)
+        self._after_request()
+        return pb.RegisterResponse(protocol_version=PROTOCOL_VERSION, session=token, now_ns=now)
+
+    async def declare_link(self, req: pb.DeclareLinkRequest) -> pb.DeclareLinkResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        params = wire.link_params_from_wire(req.params)
+        model = self.core.declare_link(node, req.peer, params, self._now())
+        self._after_request()
+        return pb.DeclareLinkResponse(
+            protocol_version=PROTOCOL_VERSION, theory=wire.theory_to_wire(model)
+        )
+
+    async def allocate(self, req: pb.AllocateRequest) -> pb.AllocateResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        qubits = self.core.allocate(node, req.count, self._now())
+        self._after_request()
+        return pb.AllocateResponse(protocol_version=PROTOCOL_VERSION, qubits=qubits)
+
+    async def free(self, req: pb.FreeRequest) -> pb.FreeResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        self.core.free(node, list(req.qubits), self._now())
+        self._after_request()
+        return pb.FreeResponse(protocol_version=PROTOCOL_VERSION)
+
+    async def apply_gate(self, req: pb.GateRequest) -> pb.GateResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        gate = wire.gate_from_wire(req.gate)
+        self.core.apply_gate(node, gate, list(req.qubits), req.angle, self._now())
+        self._after_request()
+        return pb.GateResponse(protocol_version=PROTOCOL_VERSION)
+
+    async def measure(self, req: pb.MeasureRequest) -> pb.MeasureResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        basis = wire.basis_from_wire(req.basis)
+        outcome = self.core.measure(node, req.qubit, basis, self._now(), keep=req.keep)
+        self._after_request()
+        return pb.MeasureResponse(protocol_version=PROTOCOL_VERSION, outcome=outcome)
+
+    async def bell_measure(self, req: pb.BellMeasureRequest) -> pb.BellMeasureResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        index = self.core.bell_measure(node, req.qubit_a, req.qubit_b, self._now())
+        self._after_request()
+        return pb.BellMeasureResponse(protocol_version=PROTOCOL_VERSION, bell_index=index)
+
+    async def start_generation(self, req: pb.StartGenerationRequest) -> pb.StartGenerationResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        armed = self.core.start_generation(
+            node,
+            req.peer,
+            list(req.qubits),
+            self._now(),
+            bright_state=req.bright_state or None,
+        )
+        self._after_request()
+        return pb.StartGenerationResponse(protocol_version=PROTOCOL_VERSION, armed=armed)
+
+    async def stop_generation(self, req: pb.StopGenerationRequest) -> pb.StopGenerationResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        disarmed = self.core.stop_generation(node, req.peer, self._now())
+        self._after_request()
+        return pb.StopGenerationResponse(protocol_version=PROTOCOL_VERSION, disarmed=disarmed)
+
+    async def events(self, req: pb.EventsRequest) -> AsyncIterator[pb.Event]:
+        """The node's heralds, in order, from registration on (queued while no stream is
+        open). One stream per session at a time."""
+        check_version(req)
+        session = self._session(req.session)
+        if session.streaming:
+            raise AlreadyExists(f"an event stream is already open for node {session.node}")
+        session.streaming = True
+        try:
+            async for event in session.recv:
+                yield event
+        finally:
+            session.streaming = False
+
+    async def now(self, req: pb.NowRequest) -> pb.NowResponse:
+        check_version(req)
+        return pb.NowResponse(protocol_version=PROTOCOL_VERSION, now_ns=self._now())
+
+    async def health(self, req: pb.HealthRequest) -> pb.HealthResponse:
+        check_version(req)
+        return pb.HealthResponse(
+            protocol_version=PROTOCOL_VERSION,
+            serving=True,
+            now_ns=self._now(),
+            time_scale=self.clock.scale,
+            nodes=len(self.core.nodes()),
+            links=len(self.core.links()),
+            qubits_in_use=self.core.qubits_in_use,
+            uptime_s=self.clock.uptime_s,
+            pid=os.getpid(),
+        )
+
+    async def pair_fidelity(self, req: pb.PairFidelityRequest) -> pb.PairFidelityResponse:
+        """Test-only oracle (served only when the daemon enables it)."""
+        check_version(req)
+        if req.bell_index > 3:
+            raise InvalidArgument(f"Bell index must be 0..3, got {req.bell_index}")
+        fidelity = self.core.oracle_pair_fidelity(
+            req.qubit_a, req.qubit_b, req.bell_index, self._now()
+        )
+        self._after_request()
+        return pb.PairFidelityResponse(protocol_version=PROTOCOL_VERSION, fidelity=fidelity)

@@ -1,0 +1,1 @@
+"""Link layer: entanglement generation (EGP), distributed queue, purification."""

@@ -1,0 +1,1 @@
+"""Network layer: link-state routing, circuits, entanglement swapping, Pauli frames."""

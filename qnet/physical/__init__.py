@@ -1,0 +1,1 @@
+"""Physical layer: the state engine, noise, link physics and the channel backend's core."""

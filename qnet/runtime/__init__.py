@@ -1,0 +1,1 @@
+"""Runtime: clocks, timers, transports and the trio/gRPC bridge."""

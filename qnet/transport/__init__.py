@@ -1,0 +1,1 @@
+"""Transport layer: ports, connections, pair streams, teleportation, classical messages."""
