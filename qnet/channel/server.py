@@ -198,6 +198,11 @@ class ChannelServer:
             raise AlreadyExists(f"an event stream is already open for node {session.node}")
         session.streaming = True
         try:
+            yield pb.Event(
+                protocol_version=PROTOCOL_VERSION,
+                time_ns=self._now(),
+                subscribed=pb.Subscribed(node=session.node),
+            )
             async for event in session.recv:
                 yield event
         finally:

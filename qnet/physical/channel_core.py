@@ -48,10 +48,33 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def check_node_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"node name must be 1-64 characters of letters, digits, '_', '.', '-', got {name!r}"
         )
+
+
+def memory_noise(params: NodeParams, idle_s: float) -> tuple[float, float, float]:
+    """(damping γ, extra coherence factor, depolarising p) for ``idle_s`` of memory time.
+
+    Amplitude damping (rate 1/T1), dephasing (T2) and depolarising (rate γ_d) act together, and
+    damping and depolarising do not commute, so the three factors are solved from the exact
+    joint solution rather than applied one after another; then applying them over t₁ and t₂
+    equals applying them over t₁ + t₂. With R = 1/T1 + γ_d and d = e^(−Rt):
+        |1⟩ population → P·d + (γ_d/2R)(1 − d),   coherence → c·e^(−t(1/T2 + γ_d)),
+    matched by damping g, then coherence c′, then depolarising p, in that order.
+    """
+    rate_1 = 1 / params.t1_s if params.t1_s > 0 else 0.0
+    rate_d = params.memory_depolar_rate_hz
+    # Without a T2 the coherence decays by the damping alone, at half its rate.
+    rate_2 = 1 / params.t2_s if params.t2_s > 0 else rate_1 / 2
+    total = rate_1 + rate_d
+    d = math.exp(-total * idle_s)
+    depolar = rate_d / total * (1 - d) if total > 0 else 0.0
+    damping = 1 - d / (1 - depolar) if rate_1 > 0 else 0.0
+    remaining = math.exp(-idle_s * (rate_2 + rate_d))
+    coherence = remaining / (math.sqrt(1 - damping) * (1 - depolar))
+    return damping, min(coherence, 1.0), depolar
 
 
 def link_id(a: str, b: str) -> str:
@@ -73,7 +96,10 @@ class _Link:
     armed: dict[str, deque[tuple[int, float | None]]]
     sequence: int = 0
     epoch: int = 0  # bumped whenever the scheduled success no longer holds
+    scheduled: bool = False  # a success is on the heap for the current epoch
     started_ns: int = 0
+    cycle_ns: int = 0  # cycle of the running attempts
+    carried_attempts: int = 0  # attempts made since the last success, before a restart
     successes: int = 0
     models: dict[float, HeraldingModel] = field(default_factory=dict)
 
@@ -106,6 +132,8 @@ class ChannelCore:
 
     def advance(self, now: int) -> None:
         """Process every herald due at or before ``now``."""
+        if not isinstance(now, int) or isinstance(now, bool):
+            raise InvalidArgument(f"time must be an integer of nanoseconds, got {now!r}")
         if now < self.now:
             raise InvalidArgument(f"time went backwards: {now} ns < {self.now} ns")
         heap = self._heap
@@ -222,6 +250,8 @@ class ChannelCore:
 
     def free(self, node: str, qubits: Sequence[int], now: int) -> None:
         self.advance(now)
+        if len(set(qubits)) != len(qubits):
+            raise InvalidArgument(f"qubits to free must be distinct, got {list(qubits)}", node=node)
         for q in qubits:
             self._own(node, q)
         for q in qubits:
@@ -242,7 +272,9 @@ class ChannelCore:
                 f"{gate.value} acts on {spec.arity} qubit(s), got {len(qubits)}", node=node
             )
         if len(set(qubits)) != len(qubits):
-            raise InvalidArgument(f"{gate.value} needs distinct qubits, got {list(qubits)}")
+            raise InvalidArgument(
+                f"{gate.value} needs distinct qubits, got {list(qubits)}", node=node
+            )
         op = gate_matrix(gate, angle)
         for q in qubits:
             self._usable(node, q)
@@ -304,7 +336,8 @@ class ChannelCore:
             self._last[q] = now
             self._armed_on[q] = link_id(link.a, link.b)
             queue.append((q, bright_state))
-        self._reschedule(link, now)
+        if not link.scheduled:
+            self._reschedule(link, now)
         return len(queue)
 
     def stop_generation(self, node: str, peer: str, now: int) -> list[int]:
@@ -384,18 +417,7 @@ class ChannelCore:
             params = self._nodes[self._owner[q]].params
             if not params.noisy_memory:
                 continue
-            t = idle * 1e-9
-            damping = -math.expm1(-t / params.t1_s) if params.t1_s > 0 else 0.0
-            coherence = 1.0
-            if params.t2_s > 0:
-                # Amplitude damping already shrinks coherences by e^(−t/2T1); dephase the rest.
-                rest = t / params.t2_s - (t / (2 * params.t1_s) if params.t1_s > 0 else 0.0)
-                coherence = math.exp(-rest)
-            depolar = (
-                -math.expm1(-t * params.memory_depolar_rate_hz)
-                if params.memory_depolar_rate_hz > 0
-                else 0.0
-            )
+            damping, coherence, depolar = memory_noise(params, idle * 1e-9)
             self.engine.single_qubit_noise(q, damping=damping, coherence=coherence, depolar=depolar)
 
     def _disarm_all(self, link: _Link, node: str) -> list[int]:
@@ -404,25 +426,36 @@ class ChannelCore:
         queue.clear()
         for q in out:
             del self._armed_on[q]
-        link.epoch += 1
+        self._interrupt(link, self.now)
         return out
 
     def _disarm_one(self, link: _Link, node: str, qubit: int) -> None:
         queue = link.armed[node]
+        was_head = bool(queue) and queue[0][0] == qubit
         link.armed[node] = deque(item for item in queue if item[0] != qubit)
         del self._armed_on[qubit]
-        self._reschedule(link, self.now)
+        if was_head:
+            self._reschedule(link, self.now)
+
+    def _interrupt(self, link: _Link, now: int) -> None:
+        """Drop the scheduled success, keeping count of the attempts already made."""
+        if link.scheduled:
+            link.carried_attempts += (now - link.started_ns) // link.cycle_ns
+        link.scheduled = False
+        link.epoch += 1
 
     def _reschedule(self, link: _Link, now: int) -> None:
         """(Re)start attempts from ``now`` if both ends are armed. Attempts are memoryless, so
-        restarting the count loses nothing statistically."""
-        link.epoch += 1
+        a restart changes no statistics; it only happens when a head of the queues changes."""
+        self._interrupt(link, now)
         heads_a, heads_b = link.armed[link.a], link.armed[link.b]
         if not heads_a or not heads_b:
             return
         model = link.model(heads_a[0][1])
         attempts = model.draw_attempts(self.rng)
+        link.scheduled = True
         link.started_ns = now
+        link.cycle_ns = model.cycle_ns
         self._tiebreak += 1
         heapq.heappush(
             self._heap,
@@ -435,7 +468,10 @@ class ChannelCore:
             ),
         )
 
-    def _succeed(self, link: _Link, when: int, attempts: int) -> None:
+    def _succeed(self, link: _Link, when: int, drawn: int) -> None:
+        link.scheduled = False
+        attempts = drawn + link.carried_attempts
+        link.carried_attempts = 0
         qa, alpha = link.armed[link.a].popleft()
         qb, _ = link.armed[link.b].popleft()
         del self._armed_on[qa]

@@ -96,11 +96,11 @@ _ROTATIONS = {GateName.RX: rx, GateName.RY: ry, GateName.RZ: rz}
 
 def gate_matrix(gate: GateName, angle: float = 0.0) -> Matrix:
     """The unitary of ``gate``; ``angle`` (radians) is used by the rotations only."""
+    if not math.isfinite(angle):
+        raise InvalidArgument(f"angle of {gate.value} must be finite, got {angle!r}")
     spec = GATES[gate]
     if spec.fixed is not None:
         return spec.fixed
-    if not math.isfinite(angle):
-        raise InvalidArgument(f"angle of {gate.value} must be finite, got {angle!r}")
     return _ROTATIONS[gate](angle)
 
 

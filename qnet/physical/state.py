@@ -8,6 +8,7 @@ the channel core above this module.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -200,27 +201,24 @@ class StateEngine:
     ) -> None:
         """Amplitude damping γ, then off-diagonals × ``coherence``, then depolarising p.
 
-        Elementwise on the (L, 2, R, L, 2, R) view: these are the closed forms of the Kraus sums.
+        Applied as one superoperator s[k, l, i, j] (ρ_ij → ρ'_kl) in the closed form of the
+        composed Kraus sums: the |1⟩ block keeps (1−p)(1−γ) + p/2 of itself and gains p/2 of
+        the |0⟩ block, the |0⟩ block takes the rest (trace preserved), and coherences shrink by
+        √(1−γ)·coherence·(1−p). One einsum is the fastest form for the small groups of the hot
+        path (lazy memory noise on every touch).
         """
         group = self.group_of(qubit)
         n = group.size
-        v = _split(group.rho, group.qubits.index(qubit), n).copy()
-        if damping > 0.0:
-            v[:, 0, :, :, 0, :] += damping * v[:, 1, :, :, 1, :]
-            v[:, 1, :, :, 1, :] *= 1.0 - damping
-            shrink = float(np.sqrt(1.0 - damping))
-            v[:, 0, :, :, 1, :] *= shrink
-            v[:, 1, :, :, 0, :] *= shrink
-        if coherence != 1.0:
-            v[:, 0, :, :, 1, :] *= coherence
-            v[:, 1, :, :, 0, :] *= coherence
-        if depolar > 0.0:
-            mixed = 0.5 * depolar * (v[:, 0, :, :, 0, :] + v[:, 1, :, :, 1, :])
-            v *= 1.0 - depolar
-            v[:, 0, :, :, 0, :] += mixed
-            v[:, 1, :, :, 1, :] += mixed
+        sup = np.zeros((2, 2, 2, 2))
+        keep1 = (1 - depolar) * (1 - damping) + 0.5 * depolar
+        sup[0, 0, 0, 0] = 1 - 0.5 * depolar
+        sup[0, 0, 1, 1] = 1 - keep1
+        sup[1, 1, 0, 0] = 0.5 * depolar
+        sup[1, 1, 1, 1] = keep1
+        sup[0, 1, 0, 1] = sup[1, 0, 1, 0] = coherence * math.sqrt(1 - damping) * (1 - depolar)
+        v = _split(group.rho, group.qubits.index(qubit), n)
         d = 1 << n
-        group.rho = v.reshape(d, d)
+        group.rho = np.einsum("klij,aibcjd->akbcld", sup, v).reshape(d, d)
 
     def depolarize(self, qubits: Sequence[int], p: float) -> None:
         """k-qubit depolarising channel: ρ → (1−p)ρ + p·(I/2^k ⊗ Tr_qubits ρ)."""

@@ -800,6 +800,7 @@ class Event(_message.Message):
     TIME_NS_FIELD_NUMBER: _builtins.int
     HERALD_FIELD_NUMBER: _builtins.int
     SESSION_ENDED_FIELD_NUMBER: _builtins.int
+    SUBSCRIBED_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     time_ns: _builtins.int
     """physical time the event reached the node"""
@@ -807,6 +808,8 @@ class Event(_message.Message):
     def herald(self) -> Global___Herald: ...
     @_builtins.property
     def session_ended(self) -> Global___SessionEnded: ...
+    @_builtins.property
+    def subscribed(self) -> Global___Subscribed: ...
     def __init__(
         self,
         *,
@@ -814,16 +817,40 @@ class Event(_message.Message):
         time_ns: _builtins.int = ...,
         herald: Global___Herald | None = ...,
         session_ended: Global___SessionEnded | None = ...,
+        subscribed: Global___Subscribed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["herald", b"herald", "kind", b"kind", "session_ended", b"session_ended"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["herald", b"herald", "kind", b"kind", "session_ended", b"session_ended", "subscribed", b"subscribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["herald", b"herald", "kind", b"kind", "protocol_version", b"protocol_version", "session_ended", b"session_ended", "time_ns", b"time_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["herald", b"herald", "kind", b"kind", "protocol_version", b"protocol_version", "session_ended", b"session_ended", "subscribed", b"subscribed", "time_ns", b"time_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["herald", "session_ended"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["herald", "session_ended", "subscribed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class Subscribed(_message.Message):
+    """The first event of every Events stream: from here on the stream is the session's one
+    delivery path (a readiness signal, so clients wait on it rather than on time).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscribed: _TypeAlias = Subscribed  # noqa: Y015
 
 @_typing.final
 class SessionEnded(_message.Message):

@@ -1,0 +1,80 @@
+"""qnet-channeld's gRPC face: the Channel (and optional oracle) services over the bridge, and
+the daemon's main coroutine, which tests can also run in-process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+import trio
+
+from qnet.channel.server import ChannelServer
+from qnet.physical.channel_core import ChannelCore
+from qnet.runtime.clock import PhysicalClock
+from qnet.runtime.grpc_bridge import TrioGrpcBridge, serve
+from qnet.runtime.grpc_service import RpcHandler, service_handler
+from qnet.v1 import channel_pb2 as pb
+
+log = logging.getLogger("qnet.channeld")
+
+
+def channel_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
+    return service_handler(
+        pb.DESCRIPTOR.services_by_name["Channel"],
+        bridge,
+        {
+            "Register": impl.register,
+            "DeclareLink": impl.declare_link,
+            "Allocate": impl.allocate,
+            "Free": impl.free,
+            "ApplyGate": impl.apply_gate,
+            "Measure": impl.measure,
+            "BellMeasure": impl.bell_measure,
+            "StartGeneration": impl.start_generation,
+            "StopGeneration": impl.stop_generation,
+            "Events": impl.events,
+            "Now": impl.now,
+            "Health": impl.health,
+        },
+    )
+
+
+def oracle_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
+    return service_handler(
+        pb.DESCRIPTOR.services_by_name["ChannelOracle"],
+        bridge,
+        {"PairFidelity": impl.pair_fidelity},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDaemonConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    seed: int = 0
+    time_scale: float = 1.0
+    max_group_qubits: int = 10
+    test_oracle: bool = False
+
+
+async def run_channel_daemon(
+    config: ChannelDaemonConfig,
+    *,
+    task_status: trio.TaskStatus[tuple[int, ChannelServer]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the Channel API until cancelled; ``task_status.started`` gets (port, server)."""
+    core = ChannelCore(seed=config.seed, max_group_qubits=config.max_group_qubits)
+    impl = ChannelServer(core, PhysicalClock(config.time_scale))
+    bridge = TrioGrpcBridge()
+
+    def register(server: grpc.Server) -> None:
+        server.add_generic_rpc_handlers((channel_handler(bridge, impl),))
+        if config.test_oracle:
+            server.add_generic_rpc_handlers((oracle_handler(bridge, impl),))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(impl.run)
+        port = await nursery.start(serve, register, config.host, config.port)
+        log.info("qnet-channeld serving on %s:%d", config.host, port)
+        task_status.started((port, impl))

@@ -1,0 +1,666 @@
+"""The EGP core: one per (node, link). Sans-IO: every input takes ``now`` (ns); outputs are
+queued for ``pop_outputs``; ``next_deadline`` says when ``on_timer`` is due.
+
+Roles. The master (the lexicographically smaller node name, which is also the end whose
+bright-state setting the backend uses) owns every decision: the order requests are served in,
+which request each heralded pair serves, which pairs are purified together, when a request
+times out or fails. The slave follows: it delivers a pair only once the master has assigned
+it, so both ends deliver the same pair ids, in the same order per request.
+
+Distributed queue. The origin of a request sends ``QueueAdd``; a master-origin request is
+served only once the slave has acknowledged it; a slave-origin request is live as soon as
+the master has it. Messages are reliable (``reliable.py``); whatever arrives before it can be
+used (an assignment before its herald or before its request) is buffered.
+
+Time. Deadlines are absolute times on the physical clock both ends share (the backend's),
+``create``'s ``now`` plus ``max_time_ns``; only the master acts on them, and tells the slave.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from qnet.errors import InvalidArgument, ProtocolError
+from qnet.link import estimate, purify, slave
+from qnet.link.events import (
+    Ack,
+    Arm,
+    BasisChoice,
+    CreateErr,
+    CreateRequest,
+    Disarm,
+    ErrorCode,
+    Expire,
+    Free,
+    Kind,
+    MeasureQubit,
+    MemoryFull,
+    Output,
+    PairAssign,
+    PairDiscard,
+    PairOk,
+    PeerMessage,
+    Purify,
+    PurifyResult,
+    QueueAdd,
+    Terminate,
+)
+from qnet.link.purify import Round
+from qnet.link.reliable import Deduplicator, ReliableSender
+from qnet.link.requests import Finish, ReqInput, ReqState, Request, RequestKey
+from qnet.physical.gates import Basis, Matrix
+from qnet.physical.heralding import fibre_delay_ns
+from qnet.physical.params import LinkParams, NodeParams
+
+_BASES = (Basis.Z, Basis.X, Basis.Y)
+
+
+@dataclass(frozen=True, slots=True)
+class EgpConfig:
+    """Static facts one core needs: both nodes' parameters (estimates cover both halves)."""
+
+    node: str
+    peer: str
+    link: LinkParams
+    local: NodeParams
+    remote: NodeParams
+    #: First retransmission timeout; None: two classical round trips over the link + 100 µs.
+    rto_ns: int | None = None
+    max_rto_ns: int = 1_000_000_000
+    #: Open requests the master accepts before it DENIES more.
+    max_queue: int = 256
+
+
+@dataclass(slots=True)
+class Pair:
+    """A heralded pair as this end knows it: its local qubit and the predicted state, which
+    is ``rho`` (master's qubit first) at times ``times`` = (master side, slave side)."""
+
+    seq: int
+    qubit: int
+    bell_index: int
+    emitted_ns: int
+    alpha: float | None
+    rho: Matrix | None = None
+    times: tuple[int, int] = (0, 0)
+
+
+class EgpCore:
+    def __init__(self, config: EgpConfig, *, rng: random.Random | None = None) -> None:
+        if config.node == config.peer:
+            raise InvalidArgument(f"an EGP link needs two nodes, got {config.node!r} twice")
+        self.config = config
+        self.node = config.node
+        self.peer = config.peer
+        self.is_master = config.node < config.peer
+        self.master = config.node if self.is_master else config.peer
+        self.link_id = f"{self.master}|{config.peer if self.is_master else config.node}"
+        local, remote = config.local, config.remote
+        self.nodes = (local, remote) if self.is_master else (remote, local)
+        self.rng = rng if rng is not None else random.Random(0)
+        one_way = fibre_delay_ns(config.link.length_km)
+        rto = config.rto_ns if config.rto_ns is not None else 4 * one_way + 100_000
+        self._sender = ReliableSender(rto_ns=rto, max_rto_ns=max(rto, config.max_rto_ns))
+        self._backoff_ns = rto
+        self._dedup = Deduplicator()
+        self._out: list[Output] = []
+        self.requests: dict[RequestKey, Request] = {}
+        self._next_create_id = 1
+        self._order = 0
+        self.pairs: dict[int, Pair] = {}
+        self.last_seq = 0
+        self._armed = 0
+        self._armed_alpha = 0.0
+        self._alphas: deque[float] = deque()
+        self._arm_blocked_until = -1
+        self._next_tag = 1
+        self._pending: dict[int, tuple[Any, ...]] = {}
+        self._add_ids: dict[int, RequestKey] = {}
+        self.purifying: dict[int, Round] = {}
+        self._early: dict[RequestKey, list[PeerMessage]] = {}
+        self._waiting_seq: dict[int, list[PeerMessage]] = {}
+        #: Slave: when we started waiting for each herald the master already used. Heralds
+        #: reach both ends at the same physical time, so a long wait means ours was lost.
+        self._herald_due: dict[int, int] = {}
+        self._herald_grace_ns = 4 * rto
+        self._lost: set[int] = set()
+        self._discard_later: set[int] = set()
+        self._expire_sent: set[RequestKey] = set()
+        #: Counters for tests and traces: purification rounds run and failed (master).
+        self.counters: dict[str, int] = {"rounds": 0, "failed_rounds": 0}
+
+    # -- upper layer ---------------------------------------------------------------------------
+
+    def create(self, req: CreateRequest, now: int) -> int:
+        """Queue a CREATE; returns its create id. An unreachable fidelity is answered at once
+        with ERR UNSUPPORTED (in the outputs); a malformed request raises InvalidArgument."""
+        self._tick(now)
+        self._check_create(req)
+        cid = self._next_create_id
+        self._next_create_id += 1
+        key = (self.node, cid)
+        plan = estimate.plan(self.config.link, *self.nodes, req.min_fidelity)
+        if plan is None:
+            self._out.append(
+                CreateErr(self.node, cid, ErrorCode.UNSUPPORTED, None, self._unreachable(req))
+            )
+            return cid
+        deadline = now + req.max_time_ns if req.max_time_ns > 0 else None
+        record = self._new_request(
+            key,
+            req.number,
+            req.min_fidelity,
+            deadline,
+            req.kind,
+            req.basis,
+            req.purpose,
+            req.priority,
+            plan,
+        )
+        msg_id = self._send(
+            QueueAdd,
+            now,
+            origin=self.node,
+            create_id=cid,
+            number=req.number,
+            min_fidelity=req.min_fidelity,
+            deadline_ns=-1 if deadline is None else deadline,
+            kind=req.kind.value,
+            basis=req.basis.value,
+            purpose=req.purpose,
+            priority=req.priority,
+        )
+        if self.is_master:
+            self._add_ids[msg_id] = key
+        else:
+            record.order = -1  # the slave arms for its own requests before the master's ack
+        self._update_arming(now)
+        return cid
+
+    def _check_create(self, req: CreateRequest) -> None:
+        if req.create_id is not None:
+            raise InvalidArgument("create_id is assigned by the core; leave it None")
+        if req.remote != self.peer:
+            raise InvalidArgument(f"this EGP serves the link to {self.peer!r}, not {req.remote!r}")
+        if not isinstance(req.number, int) or req.number < 1:
+            raise InvalidArgument(f"number must be a positive integer, got {req.number!r}")
+        if not (math.isfinite(req.min_fidelity) and 0.0 <= req.min_fidelity <= 1.0):
+            raise InvalidArgument(f"min_fidelity must be in [0, 1], got {req.min_fidelity!r}")
+        if not isinstance(req.max_time_ns, int) or req.max_time_ns < 0:
+            raise InvalidArgument(f"max_time_ns must be an integer ≥ 0, got {req.max_time_ns!r}")
+        if not isinstance(req.kind, Kind) or not isinstance(req.basis, BasisChoice):
+            raise InvalidArgument("kind must be a Kind and basis a BasisChoice")
+
+    def _unreachable(self, req: CreateRequest) -> str:
+        best = estimate.plan(self.config.link, *self.nodes, 0.0)
+        top = 0.0 if best is None else best.fidelity
+        return (
+            f"fidelity {req.min_fidelity} is out of reach on link {self.link_id}"
+            f" (raw pairs reach about {top:.4f}; purification up to"
+            f" {estimate.MAX_ROUNDS} rounds does not close the gap)"
+        )
+
+    # -- physical layer ------------------------------------------------------------------------
+
+    def on_herald(
+        self,
+        sequence: int,
+        qubit: int,
+        bell_index: int,
+        emitted_ns: int,
+        now: int,
+        *,
+        bright_state: float | None = None,
+    ) -> None:
+        """A pair was heralded; ``bright_state`` (the backend reports it) is optional."""
+        self._tick(now)
+        if sequence in self._lost:
+            self._lost.discard(sequence)
+            self._free_qubit(qubit)  # a herald we had given up on: its pair is gone already
+            return
+        if sequence <= self.last_seq:
+            raise InvalidArgument(f"herald {sequence} after {self.last_seq}: out of order")
+        if bell_index not in range(4):
+            raise InvalidArgument(f"Bell index must be 0..3, got {bell_index!r}")
+        missing = list(range(self.last_seq + 1, sequence))
+        self.last_seq = sequence
+        for seq in [s for s in self._herald_due if s <= sequence]:
+            del self._herald_due[seq]
+        self._armed = max(0, self._armed - 1)
+        alpha = self._alphas.popleft() if self._alphas else None
+        if bright_state is not None:
+            alpha = bright_state
+        pair = Pair(sequence, qubit, bell_index, emitted_ns, alpha)
+        self.pairs[sequence] = pair
+        if self.is_master:
+            if missing:
+                # Our herald for these was lost: the slave may hold halves; let it free them.
+                self._send(PairDiscard, now, seqs=tuple(missing))
+            self._init_state(pair, self.config.link.bright_state if alpha is None else alpha)
+            self._place(pair, now)
+        else:
+            for seq in [*missing, sequence]:
+                if seq in self._discard_later:
+                    self._discard_later.discard(seq)
+                    if seq in self.pairs:
+                        self._free(seq)
+                for msg in self._waiting_seq.pop(seq, []):
+                    self._dispatch(msg, now)
+        self._update_arming(now)
+
+    def on_measured(self, tag: int, outcome: int, now: int) -> None:
+        self._tick(now)
+        action = self._pending.pop(tag, None)
+        if action is None:
+            raise InvalidArgument(f"no measurement with tag {tag} is pending")
+        if outcome not in (0, 1):
+            raise InvalidArgument(f"outcome must be 0 or 1, got {outcome!r}")
+        if action[0] == "deliver":
+            _, key, index, pair, basis = action
+            req = self.requests[key]
+            self._ready(req, index, self._ok(req, pair, index, now, None, outcome, basis))
+        else:
+            purify.purify_measured(self, action, outcome, now)
+        self._update_arming(now)
+
+    def on_no_memory(self, now: int) -> None:
+        """The last ``Arm`` could not allocate its qubits (nothing was armed)."""
+        self._tick(now)
+        self._armed = max(0, self._armed - 1)
+        if self._alphas:
+            self._alphas.pop()
+        self._arm_blocked_until = now + self._backoff_ns
+        if self.is_master:
+            self._memory_full(now, f"{self.node} has no free memory qubit")
+        else:
+            self._send(MemoryFull, now)
+        self._update_arming(now)
+
+    # -- peer ----------------------------------------------------------------------------------
+
+    def on_message(self, msg: PeerMessage, now: int) -> None:
+        """A message from the peer core. Duplicates are acknowledged and ignored; a message
+        that the protocol does not allow here raises ProtocolError."""
+        self._tick(now)
+        if isinstance(msg, Ack):
+            for done in self._sender.acknowledge(msg.msg_ids):
+                key = self._add_ids.pop(done.msg_id, None) if isinstance(done, QueueAdd) else None
+                if key is not None and self.requests[key].state is ReqState.QUEUED:
+                    self.requests[key].fire(ReqInput.ACK)
+            self._update_arming(now)
+            return
+        if (self.is_master, type(msg)) not in _HANDLERS:
+            role = "master" if self.is_master else "slave"
+            raise ProtocolError(f"EGP {type(msg).__name__} is illegal at the {role}")
+        msg_id: int = msg.msg_id  # type: ignore[attr-defined]
+        self._out.append(Ack((msg_id,)))
+        if self._dedup.first_time(msg_id):
+            self._dispatch(msg, now)
+        self._update_arming(now)
+
+    def _dispatch(self, msg: PeerMessage, now: int) -> None:
+        _HANDLERS[(self.is_master, type(msg))](self, msg, now)
+
+    # -- timers and outputs --------------------------------------------------------------------
+
+    def on_timer(self, now: int) -> None:
+        self._tick(now)
+        self._out.extend(self._sender.due(now))
+        overdue = [seq for seq, t in self._herald_due.items() if t <= now]
+        if overdue:
+            slave.give_up_heralds(self, max(overdue), now)
+        self._update_arming(now)
+
+    def next_deadline(self) -> int | None:
+        times = [self._sender.next_deadline()]
+        if self.is_master:
+            times += [r.deadline_ns for r in self.requests.values() if r.open]
+        if self._armed == 0 and self._head() is not None:
+            times.append(self._arm_blocked_until)
+        times += self._herald_due.values()
+        return min((t for t in times if t is not None and t >= 0), default=None)
+
+    def pop_outputs(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def armed(self) -> int:
+        return self._armed
+
+    @property
+    def unacknowledged(self) -> int:
+        return self._sender.unacknowledged
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _new_request(
+        self,
+        key: RequestKey,
+        number: int,
+        min_fidelity: float,
+        deadline: int | None,
+        kind: Kind,
+        basis: BasisChoice,
+        purpose: int,
+        priority: int,
+        plan: estimate.Plan,
+    ) -> Request:
+        self._order += 1
+        record = Request(
+            key, number, min_fidelity, deadline, kind, basis, purpose, priority, plan, self._order
+        )
+        self.requests[key] = record
+        return record
+
+    def _tick(self, now: int) -> None:
+        """Master: time out requests whose deadline has passed (checked on every input, so a
+        late ``on_timer`` cannot let a pair through after the deadline)."""
+        if not self.is_master:
+            return
+        for req in list(self.requests.values()):
+            if req.open and req.deadline_ns is not None and req.deadline_ns <= now:
+                self._terminate(req, ErrorCode.TIMEOUT, "max_time passed", now)
+
+    def _head(self) -> Request | None:
+        """The request served next: the master serves only ACTIVE ones; the slave arms for any
+        open request it knows, as the master may serve it any moment."""
+        live = [
+            r
+            for r in self.requests.values()
+            if (r.state is ReqState.ACTIVE if self.is_master else r.open)
+        ]
+        return min(live, key=Request.service_key) if live else None
+
+    def _terminate(
+        self,
+        req: Request,
+        code: ErrorCode,
+        reason: str,
+        now: int,
+        *,
+        expired: tuple[int, int] = (-1, -1),
+    ) -> None:
+        """Master: end ``req`` with ``code`` and tell the slave. For EXPIRED, ``expired`` is
+        (index, seq) of the first lost pair: the slave keeps what came before it."""
+        if code is ErrorCode.EXPIRED:
+            keep = expired[0]
+            seqs: tuple[int, int] | None = (expired[1], max(req.seq_last, expired[1]))
+            if req.state is not ReqState.FAILED:
+                req.fire(ReqInput.EXPIRE)
+        else:
+            keep = req.assigned
+            seqs = req.consumed_range()
+            req.fire(ReqInput.FAIL)
+        req.finish = Finish(code, seqs, keep, reason)
+        req.reported = False
+        first, last = seqs if seqs is not None else (-1, -1)
+        self._send(
+            Terminate,
+            now,
+            origin=req.key[0],
+            create_id=req.key[1],
+            code=code.value,
+            seq_first=first,
+            seq_last=last,
+            keep_count=keep,
+            reason=reason,
+        )
+        self._release_pool(req, now)
+        self._check_finish(req)
+
+    def _memory_full(self, now: int, reason: str) -> None:
+        head = self._head()
+        if head is not None:
+            self._terminate(head, ErrorCode.NO_MEMORY, reason, now)
+
+    # -- master: placing pairs -----------------------------------------------------------------
+
+    def _place(self, pair: Pair, now: int) -> None:
+        head = self._head()
+        if head is None:
+            self._discard((pair.seq,), now)
+        elif head.plan.rounds == 0:
+            self._offer(head, pair, now)
+        else:
+            head.consume(pair.seq)
+            head.pool.setdefault(0, []).append(pair.seq)
+            purify.try_purify(self, head, now)
+
+    def _offer(self, req: Request, pair: Pair, now: int) -> None:
+        """Assign a finished pair if it meets the request's fidelity now, else drop it (it may
+        come from attempts armed for another request)."""
+        if self._estimate(pair, now) < req.min_fidelity:
+            self._discard((pair.seq,), now)
+            return
+        index = req.assigned
+        req.assigned += 1
+        req.consume(pair.seq)
+        self._send(
+            PairAssign,
+            now,
+            seq=pair.seq,
+            origin=req.key[0],
+            create_id=req.key[1],
+            index=index,
+            bright_state=pair.alpha if pair.alpha is not None else 0.0,
+        )
+        self._deliver(req, pair, index, now)
+        if req.assigned == req.number:
+            req.fire(ReqInput.COMPLETE)
+            self._release_pool(req, now)
+
+    def _discard(self, seqs: tuple[int, ...], now: int) -> None:
+        for seq in seqs:
+            self._free(seq)
+        if seqs:
+            self._send(PairDiscard, now, seqs=seqs)
+
+    def _release_pool(self, req: Request, now: int) -> None:
+        seqs = tuple(s for pool in req.pool.values() for s in pool)
+        req.pool.clear()
+        self._discard(seqs, now)
+
+    # -- delivery (both ends) ------------------------------------------------------------------
+
+    def _init_state(self, pair: Pair, alpha: float) -> None:
+        if pair.rho is None:
+            pair.alpha = alpha
+            pair.rho = estimate.fresh_pair(self.config.link, alpha, pair.bell_index)
+            pair.times = (pair.emitted_ns, pair.emitted_ns)
+
+    def _estimate(self, pair: Pair, now: int) -> float:
+        assert pair.rho is not None
+        dt = (now - pair.times[0], now - pair.times[1])
+        return estimate.pair_fidelity(estimate.age(pair.rho, self.nodes, dt), pair.bell_index)
+
+    def _deliver(self, req: Request, pair: Pair, index: int, now: int) -> None:
+        req.consume(pair.seq)
+        del self.pairs[pair.seq]
+        if req.kind is Kind.KEEP:
+            self._ready(req, index, self._ok(req, pair, index, now, pair.qubit, None, None))
+            return
+        basis = _BASES[self.rng.randrange(3)] if req.basis is BasisChoice.RANDOM else None
+        basis = basis or Basis(req.basis.value)
+        tag = self._tag()
+        self._pending[tag] = ("deliver", req.key, index, pair, basis)
+        self._out.append(MeasureQubit(tag, pair.qubit, basis))
+
+    def _ok(
+        self,
+        req: Request,
+        pair: Pair,
+        index: int,
+        now: int,
+        qubit: int | None,
+        outcome: int | None,
+        basis: Basis | None,
+    ) -> PairOk:
+        return PairOk(
+            origin=req.key[0],
+            create_id=req.key[1],
+            purpose=req.purpose,
+            pair_id=(self.link_id, pair.seq),
+            kind=req.kind,
+            qubit=qubit,
+            outcome=outcome,
+            basis=basis,
+            bell_index=pair.bell_index,
+            fidelity_estimate=self._estimate(pair, now),
+            estimate_time_ns=now,
+            index_in_request=index,
+        )
+
+    def _ready(self, req: Request, index: int, ok: PairOk) -> None:
+        """Emit OKs in index order; after the request's end is reported, pairs past its
+        ``keep_count`` are dropped (their qubits freed) instead."""
+        if req.finish is not None and index >= req.finish.keep_count and req.reported:
+            if ok.qubit is not None:
+                self._free_qubit(ok.qubit)
+            return
+        req.ready[index] = ok
+        while req.delivered in req.ready:
+            if req.finish is not None and req.delivered >= req.finish.keep_count:
+                break
+            self._out.append(req.ready.pop(req.delivered))
+            req.delivered += 1
+        self._check_finish(req)
+
+    def _check_finish(self, req: Request) -> None:
+        fin = req.finish
+        if fin is None:
+            if not self.is_master and req.delivered == req.number and req.open:
+                req.fire(ReqInput.COMPLETE)
+            return
+        if req.reported or req.delivered < fin.keep_count:
+            return
+        req.reported = True
+        for index in [i for i in req.ready if i >= fin.keep_count]:
+            qubit = req.ready.pop(index).qubit
+            if qubit is not None:
+                self._free_qubit(qubit)
+        if fin.code is not None:
+            self._out.append(CreateErr(req.key[0], req.key[1], fin.code, fin.seq_range, fin.reason))
+
+    # -- slave handlers ------------------------------------------------------------------------
+
+    # -- master handlers -----------------------------------------------------------------------
+
+    def _on_queue_add_master(self, msg: QueueAdd, now: int) -> None:
+        if msg.origin != self.peer:
+            raise ProtocolError(f"EGP QueueAdd from the slave names origin {msg.origin!r}")
+        key = (msg.origin, msg.create_id)
+        if key in self.requests:
+            raise ProtocolError(f"EGP QueueAdd repeats request {key} under a new message id")
+        req = self._request_from(msg)
+        req.fire(ReqInput.ACK)
+        if sum(r.open for r in self.requests.values()) > self.config.max_queue:
+            self._terminate(req, ErrorCode.DENIED, "the master's queue is full", now)
+        elif req.plan.rounds < 0:
+            self._terminate(req, ErrorCode.UNSUPPORTED, "fidelity out of reach", now)
+        elif req.deadline_ns is not None and req.deadline_ns <= now:
+            self._terminate(req, ErrorCode.TIMEOUT, "max_time passed before queueing", now)
+
+    def _on_expire(self, msg: Expire, now: int) -> None:
+        req = self.requests.get((msg.origin, msg.create_id))
+        if req is None or not 0 <= msg.index < req.assigned:
+            raise ProtocolError(f"EGP Expire for a pair never assigned: {msg}")
+        if req.finish is not None and req.finish.code is ErrorCode.EXPIRED:
+            return
+        reason = f"{self.peer} lost its half of pair {msg.seq} after delivery was promised"
+        self._terminate(req, ErrorCode.EXPIRED, reason, now, expired=(msg.index, msg.seq))
+
+    def _on_memory_full(self, msg: MemoryFull, now: int) -> None:
+        self._memory_full(now, f"{self.peer} has no free memory qubit")
+
+    def _request_from(self, msg: QueueAdd) -> Request:
+        try:
+            kind, basis = Kind(msg.kind), BasisChoice(msg.basis)
+        except ValueError:
+            raise ProtocolError(f"EGP QueueAdd has a bad kind or basis: {msg}") from None
+        if msg.number < 1 or not 0.0 <= msg.min_fidelity <= 1.0:
+            raise ProtocolError(f"EGP QueueAdd has a bad number or fidelity: {msg}")
+        plan = estimate.plan(self.config.link, *self.nodes, msg.min_fidelity)
+        # rounds = -1 marks a request this end's model cannot serve (the ends disagree).
+        plan = plan or estimate.Plan(self.config.link.bright_state, -1, 0.0, 0.0)
+        deadline = None if msg.deadline_ns < 0 else msg.deadline_ns
+        return self._new_request(
+            (msg.origin, msg.create_id),
+            msg.number,
+            msg.min_fidelity,
+            deadline,
+            kind,
+            basis,
+            msg.purpose,
+            msg.priority,
+            plan,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _send(self, cls: Callable[..., PeerMessage], now: int, **fields: Any) -> int:
+        msg_id = self._sender.new_id()
+        msg = cls(msg_id=msg_id, **fields)
+        self._sender.track(msg, msg_id, now)
+        self._out.append(msg)
+        return msg_id
+
+    def _await_herald(self, seq: int, msg: PeerMessage, now: int) -> None:
+        self._waiting_seq.setdefault(seq, []).append(msg)
+        self._herald_due.setdefault(seq, now + self._herald_grace_ns)
+
+    def _tag(self) -> int:
+        tag = self._next_tag
+        self._next_tag += 1
+        return tag
+
+    def _free(self, seq: int) -> None:
+        self._free_qubit(self.pairs.pop(seq).qubit)
+
+    def _free_qubit(self, qubit: int) -> None:
+        self._out.append(Free(self._tag(), (qubit,)))
+
+    def _update_arming(self, now: int) -> None:
+        """Keep one qubit armed while there is work, none otherwise. The master re-arms when
+        the request at the head wants another bright state."""
+        head = self._head()
+        if head is None or (self.is_master and head.plan.rounds < 0):
+            if self._armed:
+                self._out.append(Disarm(self._tag()))
+                self._armed = 0
+                self._alphas.clear()
+            return
+        alpha = head.plan.bright_state or self.config.link.bright_state
+        if self.is_master and self._armed and alpha != self._armed_alpha:
+            self._out.append(Disarm(self._tag()))
+            self._armed = 0
+            self._alphas.clear()
+        # Back-pressure: pairs held for the peer's instructions or a purification partner
+        # count against memory, so stop arming rather than run into NO_MEMORY.
+        held = len(self.pairs) + sum(len(r.ready) for r in self.requests.values())
+        room = held < self.config.local.memory_qubits
+        if now >= self._arm_blocked_until:
+            self._arm_blocked_until = -1  # so that next_deadline never reports a past time
+        if self._armed == 0 and self._arm_blocked_until < 0 and room:
+            self._out.append(Arm(self._tag(), 1, alpha))
+            self._armed = 1
+            self._armed_alpha = alpha
+            self._alphas.append(alpha)
+
+
+_HANDLERS: dict[tuple[bool, type[PeerMessage]], Callable[[EgpCore, Any, int], None]] = {
+    (True, QueueAdd): EgpCore._on_queue_add_master,
+    (True, PurifyResult): purify.on_purify_result,
+    (True, Expire): EgpCore._on_expire,
+    (True, MemoryFull): EgpCore._on_memory_full,
+    (False, QueueAdd): slave.on_queue_add,
+    (False, PairAssign): slave.on_assign,
+    (False, PairDiscard): slave.on_discard,
+    (False, Purify): purify.on_purify,
+    (False, Terminate): slave.on_terminate,
+}

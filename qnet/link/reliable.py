@@ -1,0 +1,83 @@
+"""Reliable delivery of EGP peer messages: retransmission until acknowledged, duplicate filter.
+
+The link's classical channel may lose, duplicate, reorder and delay messages. Each message but
+``Ack`` carries a ``msg_id`` unique per sender; the sender keeps it until an ``Ack`` names it,
+retransmitting with exponential back-off; the receiver acknowledges every copy (so a lost Ack
+is repaired by the next copy) but hands only the first to the protocol. Order is not restored
+here: the protocol tolerates reordering itself (it buffers what it cannot use yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qnet.link.events import PeerMessage
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: PeerMessage
+    due_ns: int
+    rto_ns: int
+
+
+class ReliableSender:
+    """Retransmission state of one sender. Sans-IO: time comes in, messages come out."""
+
+    def __init__(self, *, rto_ns: int, max_rto_ns: int) -> None:
+        self._rto_ns = rto_ns
+        self._max_rto_ns = max_rto_ns
+        self._next_id = 1
+        self._pending: dict[int, _Pending] = {}
+
+    def new_id(self) -> int:
+        msg_id = self._next_id
+        self._next_id += 1
+        return msg_id
+
+    def track(self, message: PeerMessage, msg_id: int, now: int) -> None:
+        self._pending[msg_id] = _Pending(message, now + self._rto_ns, self._rto_ns)
+
+    def acknowledge(self, msg_ids: tuple[int, ...]) -> list[PeerMessage]:
+        """Forget acknowledged messages; returns those acknowledged for the first time. An Ack
+        for an unknown id is a late duplicate, not an error."""
+        done = []
+        for msg_id in msg_ids:
+            entry = self._pending.pop(msg_id, None)
+            if entry is not None:
+                done.append(entry.message)
+        return done
+
+    def due(self, now: int) -> list[PeerMessage]:
+        out = []
+        for entry in self._pending.values():
+            if entry.due_ns <= now:
+                entry.rto_ns = min(2 * entry.rto_ns, self._max_rto_ns)
+                entry.due_ns = now + entry.rto_ns
+                out.append(entry.message)
+        return out
+
+    def next_deadline(self) -> int | None:
+        return min((e.due_ns for e in self._pending.values()), default=None)
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._pending)
+
+
+class Deduplicator:
+    """Remembers which message ids were seen: ids below ``_floor`` all were, the rest are in a
+    set, so memory stays proportional to the reordering window rather than the history."""
+
+    def __init__(self) -> None:
+        self._floor = 1
+        self._above: set[int] = set()
+
+    def first_time(self, msg_id: int) -> bool:
+        if msg_id < self._floor or msg_id in self._above:
+            return False
+        self._above.add(msg_id)
+        while self._floor in self._above:
+            self._above.discard(self._floor)
+            self._floor += 1
+        return True

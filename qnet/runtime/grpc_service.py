@@ -1,0 +1,99 @@
+"""Serve a proto service from async handlers, straight from its descriptor.
+
+Registering from the descriptor (rather than through the generated servicer classes) lets one
+deserializer catch malformed requests: they reach the handler wrapper as ``Malformed`` and are
+answered INVALID_ARGUMENT naming the message type, instead of grpc's anonymous INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from qnet.errors import InvalidArgument
+from qnet.runtime.grpc_bridge import TrioGrpcBridge
+
+UnaryHandler = Callable[[Any], Awaitable[Message]]
+StreamHandler = Callable[[Any], AsyncIterator[Message]]
+# grpc-stubs makes these generic; grpcio at run time does not, hence the string alias.
+RpcHandler: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    type_name: str
+    error: str
+
+
+def _deserializer(cls: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return Malformed(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _checked(request: object) -> None:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"malformed {request.type_name}: {request.error}")
+
+
+def service_handler(
+    service: ServiceDescriptor,
+    bridge: TrioGrpcBridge,
+    handlers: Mapping[str, UnaryHandler | StreamHandler],
+) -> RpcHandler:
+    """A generic handler serving every method of ``service`` (unary or server-streaming) with
+    the async function of the same name in ``handlers``; a missing one is a startup error."""
+    missing = {m.name for m in service.methods} - set(handlers)
+    if missing:
+        raise ValueError(f"{service.full_name}: no handler for {sorted(missing)}")
+    methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.client_streaming:
+            raise ValueError(f"{method.full_name}: client streaming is not served here")
+        parse = _deserializer(GetMessageClass(method.input_type))
+        fn = handlers[method.name]
+        if method.server_streaming:
+            methods[method.name] = grpc.unary_stream_rpc_method_handler(
+                bridge.unary_stream(_stream(fn)),
+                request_deserializer=parse,
+                response_serializer=_serialize,
+            )
+        else:
+            methods[method.name] = grpc.unary_unary_rpc_method_handler(
+                bridge.unary_unary(_unary(fn)),
+                request_deserializer=parse,
+                response_serializer=_serialize,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, methods)
+
+
+def _unary(fn: Any) -> Callable[[object, grpc.ServicerContext], Awaitable[Message]]:
+    async def handle(request: object, _context: grpc.ServicerContext) -> Message:
+        _checked(request)
+        result: Message = await fn(request)
+        return result
+
+    return handle
+
+
+def _stream(fn: Any) -> Callable[[object, grpc.ServicerContext], AsyncIterator[Message]]:
+    async def handle(request: object, _context: grpc.ServicerContext) -> AsyncIterator[Message]:
+        _checked(request)
+        async for item in fn(request):
+            yield item
+
+    return handle

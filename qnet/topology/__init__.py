@@ -1,0 +1,40 @@
+"""Topology files (TOML): the nodes, links and parameters of a network, checked on load.
+
+Format (DESIGN.md §8)::
+
+    [network]          name, seed, time_scale (physical s per wall s), max_group_qubits
+    [defaults.node]    any NodeParams field, host, port (0 = pick a free port)
+    [defaults.link]    any LinkParams field
+    [[node]]           name = "alice", plus per-node overrides
+    [[link]]           between = ["alice", "r1"], plus per-link overrides
+    [channel]          host, port of qnet-channeld
+
+Every field has a default and a range check. A refused file raises ``TopologyError`` naming the
+file, the line and the field. ``model`` holds the dataclasses, ``schema`` the fields each table
+accepts, ``lines`` the line finder, ``parse`` and ``write`` the two directions.
+"""
+
+from qnet.topology.model import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_GROUP_QUBITS,
+    EndpointSpec,
+    LinkSpec,
+    NodeSpec,
+    Topology,
+    TopologyError,
+)
+from qnet.topology.parse import load_topology, parse_topology
+from qnet.topology.write import topology_to_toml
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_GROUP_QUBITS",
+    "EndpointSpec",
+    "LinkSpec",
+    "NodeSpec",
+    "Topology",
+    "TopologyError",
+    "load_topology",
+    "parse_topology",
+    "topology_to_toml",
+]

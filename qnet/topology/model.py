@@ -1,0 +1,260 @@
+"""The topology dataclasses, their range checks, and the error a refused topology raises."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qnet.errors import InvalidArgument, NotFound
+from qnet.physical.channel_core import check_node_name, link_id
+from qnet.physical.params import LinkParams, NodeParams
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_NETWORK_NAME = "qnet"
+#: The channel core's own default.
+DEFAULT_MAX_GROUP_QUBITS = 10
+#: A density matrix of n qubits takes 16·4ⁿ bytes: 14 qubits is already 4 GiB.
+MAX_GROUP_QUBITS_LIMIT = 14
+#: Seeds must fit the signed 64-bit integers of TOML and protobuf.
+MAX_SEED = 2**63 - 1
+MAX_TIME_SCALE = 1e9
+
+NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Loose on purpose (names, IPv4, IPv6 all pass); it only stops what could never be an address.
+HOST = re.compile(r"^[^\s\x00-\x1f\x7f]{1,253}$")
+
+
+class TopologyError(InvalidArgument):
+    """A topology was refused. ``file`` and ``line`` (1-based; None when the whole file is at
+    fault) locate it, ``field`` names the offending field when there is one."""
+
+    def __init__(
+        self, detail: str, *, file: str, line: int | None, field: str | None = None
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.detail = detail
+        super().__init__(f"{file}:{line}: {detail}" if line is not None else f"{file}: {detail}")
+
+
+# -- field checks (each raises InvalidArgument naming the field) ------------------------------
+
+
+def int_in(name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgument(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def check_network_name(value: object) -> None:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise InvalidArgument(
+            f"name must be 1-64 characters of letters, digits, '_', '.', '-', got {value!r}"
+        )
+
+
+def check_seed(value: object) -> None:
+    int_in("seed", value, 0, MAX_SEED)
+
+
+def check_time_scale(value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TIME_SCALE
+    ):
+        raise InvalidArgument(f"time_scale must be in (0, {MAX_TIME_SCALE}], got {value!r}")
+
+
+def check_max_group_qubits(value: object) -> None:
+    int_in("max_group_qubits", value, 2, MAX_GROUP_QUBITS_LIMIT)
+
+
+def check_host(value: object) -> None:
+    if not isinstance(value, str) or not HOST.match(value):
+        raise InvalidArgument(f"host must be a host name or IP address, got {value!r}")
+
+
+def check_port(value: object) -> None:
+    int_in("port", value, 0, 65535)
+
+
+def check_node_name_value(value: object) -> None:
+    check_node_name(value)  # type: ignore[arg-type]  # it checks the type itself
+
+
+# -- the topology -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """A daemon's gRPC address; port 0 means a free port picked at start-up."""
+
+    host: str = DEFAULT_HOST
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        check_host(self.host)
+        check_port(self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    params: NodeParams = field(default_factory=NodeParams)
+    host: str = DEFAULT_HOST
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        check_node_name(self.name)
+        check_host(self.host)
+        check_port(self.port)
+        if not isinstance(self.params, NodeParams):
+            raise InvalidArgument(f"node {self.name}: params must be NodeParams")
+
+    @property
+    def endpoint(self) -> EndpointSpec:
+        return EndpointSpec(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """A link between nodes ``a`` and ``b``, in the order the file gives them."""
+
+    a: str
+    b: str
+    params: LinkParams = field(default_factory=LinkParams)
+
+    def __post_init__(self) -> None:
+        check_node_name(self.a)
+        check_node_name(self.b)
+        if self.a == self.b:
+            raise InvalidArgument(f"a link from {self.a!r} to itself")
+        if not isinstance(self.params, LinkParams):
+            raise InvalidArgument(f"link {self.id}: params must be LinkParams")
+
+    @property
+    def id(self) -> str:
+        return link_id(self.a, self.b)
+
+    def other(self, name: str) -> str:
+        """The far end, seen from ``name``."""
+        if name == self.a:
+            return self.b
+        if name == self.b:
+            return self.a
+        raise NotFound(f"node {name!r} is not an end of link {self.id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str  # "node", "link" or "channel"
+    index: int | None
+    field: str | None
+    message: str
+
+
+def structure_problems(
+    nodes: tuple[NodeSpec, ...], links: tuple[LinkSpec, ...], channel: EndpointSpec
+) -> Iterator[Problem]:
+    """What is wrong across entries; shared by the parser (which adds lines) and Topology."""
+    if not nodes:
+        yield Problem("node", None, None, "no nodes: a topology needs at least one [[node]]")
+    names: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in names:
+            yield Problem("node", i, "name", f"duplicate node name {node.name!r}")
+        names.add(node.name)
+    seen_links: set[str] = set()
+    for i, link in enumerate(links):
+        for end in (link.a, link.b):
+            if end not in names:
+                yield Problem(
+                    "link", i, "between", f"link {link.id}: unknown node {end!r}{hint(end, names)}"
+                )
+        if link.id in seen_links:
+            yield Problem("link", i, "between", f"duplicate link {link.id}")
+        seen_links.add(link.id)
+    taken: dict[tuple[str, int], str] = {}
+    if channel.port:
+        taken[channel.host, channel.port] = "the channel"
+    for i, node in enumerate(nodes):
+        if not node.port:
+            continue
+        owner = taken.setdefault((node.host, node.port), f"node {node.name}")
+        if owner != f"node {node.name}":
+            yield Problem(
+                "node",
+                i,
+                "port",
+                f"node {node.name}: port {node.port} on {node.host} is already used by {owner}",
+            )
+
+
+def hint(word: str, choices: Collection[str]) -> str:
+    """The typo suffix of an error message: "; did you mean 'length_km'?", or nothing."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """A whole network. ``source`` (the file it came from) takes no part in equality."""
+
+    name: str
+    seed: int = 0
+    time_scale: float = 1.0
+    max_group_qubits: int = DEFAULT_MAX_GROUP_QUBITS
+    nodes: tuple[NodeSpec, ...] = ()
+    links: tuple[LinkSpec, ...] = ()
+    channel: EndpointSpec = field(default_factory=EndpointSpec)
+    source: Path | None = field(default=None, compare=False)
+    _nodes_by_name: dict[str, NodeSpec] = field(init=False, repr=False, compare=False)
+    _links_by_node: dict[str, tuple[LinkSpec, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Lists would make equal topologies compare unequal; tuples also keep it immutable.
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "links", tuple(self.links))
+        check_network_name(self.name)
+        check_seed(self.seed)
+        check_time_scale(self.time_scale)
+        check_max_group_qubits(self.max_group_qubits)
+        for problem in structure_problems(self.nodes, self.links, self.channel):
+            raise InvalidArgument(problem.message)
+        by_node: dict[str, list[LinkSpec]] = {n.name: [] for n in self.nodes}
+        for link in self.links:
+            by_node[link.a].append(link)
+            by_node[link.b].append(link)
+        object.__setattr__(self, "_nodes_by_name", {n.name: n for n in self.nodes})
+        object.__setattr__(self, "_links_by_node", {k: tuple(v) for k, v in by_node.items()})
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+    def node(self, name: str) -> NodeSpec:
+        try:
+            return self._nodes_by_name[name]
+        except KeyError:
+            raise NotFound(f"no node {name!r} in topology {self.name}") from None
+
+    def links_of(self, name: str) -> tuple[LinkSpec, ...]:
+        """The links at ``name``, in file order."""
+        self.node(name)
+        return self._links_by_node[name]
+
+    def neighbours(self, name: str) -> tuple[str, ...]:
+        return tuple(link.other(name) for link in self.links_of(name))
+
+    def link(self, a: str, b: str) -> LinkSpec:
+        wanted = link_id(a, b)
+        for link in self.links_of(a):
+            if link.id == wanted:
+                return link
+        raise NotFound(f"no link {wanted} in topology {self.name}")
