@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import trio
@@ -189,7 +189,7 @@ class ChannelServer:
         self._after_request()
         return pb.StopGenerationResponse(protocol_version=PROTOCOL_VERSION, disarmed=disarmed)
 
-    async def events(self, req: pb.EventsRequest) -> AsyncIterator[pb.Event]:
+    async def events(self, req: pb.EventsRequest) -> AsyncGenerator[pb.Event, None]:
         """The node's heralds, in order, from registration on (queued while no stream is
         open). One stream per session at a time."""
         check_version(req)

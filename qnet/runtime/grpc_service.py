@@ -3,6 +3,10 @@
 Registering from the descriptor (rather than through the generated servicer classes) lets one
 deserializer catch malformed requests: they reach the handler wrapper as ``Malformed`` and are
 answered INVALID_ARGUMENT naming the message type, instead of grpc's anonymous INTERNAL.
+
+Bidirectional streams are served too. Their handler gets the requests as an async iterator and
+sees a malformed request as a ``Malformed`` item in it, so it chooses whether one bad message
+ends the stream (raise ``malformed_error(item)``) or is dropped and counted (a peer transport).
 """
 
 from __future__ import annotations
@@ -21,14 +25,22 @@ from qnet.runtime.grpc_bridge import TrioGrpcBridge
 
 UnaryHandler = Callable[[Any], Awaitable[Message]]
 StreamHandler = Callable[[Any], AsyncIterator[Message]]
+#: Takes the requests (each a message or ``Malformed``), yields the responses.
+BidiHandler = Callable[[AsyncIterator[Any]], AsyncIterator[Message]]
 # grpc-stubs makes these generic; grpcio at run time does not, hence the string alias.
 RpcHandler: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
 
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
+    """A request that did not parse: its proto type's full name and the parser's complaint."""
+
     type_name: str
     error: str
+
+
+def malformed_error(request: Malformed) -> InvalidArgument:
+    return InvalidArgument(f"malformed {request.type_name}: {request.error}")
 
 
 def _deserializer(cls: type[Message]) -> Callable[[bytes], Message | Malformed]:
@@ -47,26 +59,33 @@ def _serialize(message: Message) -> bytes:
 
 def _checked(request: object) -> None:
     if isinstance(request, Malformed):
-        raise InvalidArgument(f"malformed {request.type_name}: {request.error}")
+        raise malformed_error(request)
 
 
 def service_handler(
     service: ServiceDescriptor,
     bridge: TrioGrpcBridge,
-    handlers: Mapping[str, UnaryHandler | StreamHandler],
+    handlers: Mapping[str, UnaryHandler | StreamHandler | BidiHandler],
 ) -> RpcHandler:
-    """A generic handler serving every method of ``service`` (unary or server-streaming) with
-    the async function of the same name in ``handlers``; a missing one is a startup error."""
+    """A generic handler serving every method of ``service`` (unary, server-streaming or
+    bidirectional) with the async function of the same name in ``handlers``; a missing one,
+    or a client-streaming method with a single response, is a startup error."""
     missing = {m.name for m in service.methods} - set(handlers)
     if missing:
         raise ValueError(f"{service.full_name}: no handler for {sorted(missing)}")
     methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        if method.client_streaming:
+        if method.client_streaming and not method.server_streaming:
             raise ValueError(f"{method.full_name}: client streaming is not served here")
         parse = _deserializer(GetMessageClass(method.input_type))
         fn = handlers[method.name]
-        if method.server_streaming:
+        if method.client_streaming:
+            methods[method.name] = grpc.stream_stream_rpc_method_handler(
+                bridge.stream_stream(_bidi(fn)),
+                request_deserializer=parse,
+                response_serializer=_serialize,
+            )
+        elif method.server_streaming:
             methods[method.name] = grpc.unary_stream_rpc_method_handler(
                 bridge.unary_stream(_stream(fn)),
                 request_deserializer=parse,
@@ -95,5 +114,16 @@ def _stream(fn: Any) -> Callable[[object, grpc.ServicerContext], AsyncIterator[M
         _checked(request)
         async for item in fn(request):
             yield item
+
+    return handle
+
+
+def _bidi(fn: Any) -> Callable[[AsyncIterator[Any], grpc.ServicerContext], AsyncIterator[Message]]:
+    def handle(
+        requests: AsyncIterator[Any], _context: grpc.ServicerContext
+    ) -> AsyncIterator[Message]:
+        # The handler's own generator, so the bridge's aclose reaches it directly.
+        responses: AsyncIterator[Message] = fn(requests)
+        return responses
 
     return handle

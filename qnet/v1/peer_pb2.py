@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from qnet.v1 import node_pb2 as qnet_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12qnet/v1/peer.proto\x12\x07qnet.v1\x1a\x12qnet/v1/node.proto\"]\n\tPeerBatch\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.qnet.v1.PeerMessage\"6\n\x0bPeerMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.qnet.v1.HelloH\x00\x42\x06\n\x04\x62ody\"\'\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x32\x81\x01\n\x04Peer\x12\x36\n\x08\x45xchange\x12\x12.qnet.v1.PeerBatch\x1a\x12.qnet.v1.PeerBatch(\x01\x30\x01\x12\x41\n\x06Health\x12\x1a.qnet.v1.NodeHealthRequest\x1a\x1b.qnet.v1.NodeHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12qnet/v1/peer.proto\x12\x07qnet.v1\x1a\x12qnet/v1/node.proto\"]\n\tPeerBatch\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.qnet.v1.PeerMessage\"\xf1\x03\n\x0bPeerMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.qnet.v1.HelloH\x00\x12$\n\x08link_ack\x18\x10 \x01(\x0b\x32\x10.qnet.v1.LinkAckH\x00\x12/\n\x0elink_queue_add\x18\x11 \x01(\x0b\x32\x15.qnet.v1.LinkQueueAddH\x00\x12\x33\n\x10link_pair_assign\x18\x12 \x01(\x0b\x32\x17.qnet.v1.LinkPairAssignH\x00\x12\x35\n\x11link_pair_discard\x18\x13 \x01(\x0b\x32\x18.qnet.v1.LinkPairDiscardH\x00\x12*\n\x0blink_purify\x18\x14 \x01(\x0b\x32\x13.qnet.v1.LinkPurifyH\x00\x12\x37\n\x12link_purify_result\x18\x15 \x01(\x0b\x32\x19.qnet.v1.LinkPurifyResultH\x00\x12\x30\n\x0elink_terminate\x18\x16 \x01(\x0b\x32\x16.qnet.v1.LinkTerminateH\x00\x12*\n\x0blink_expire\x18\x17 \x01(\x0b\x32\x13.qnet.v1.LinkExpireH\x00\x12\x33\n\x10link_memory_full\x18\x18 \x01(\x0b\x32\x17.qnet.v1.LinkMemoryFullH\x00\x42\x06\n\x04\x62ody\":\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\trecipient\x18\x03 \x01(\t\"\x1a\n\x07LinkAck\x12\x0f\n\x07msg_ids\x18\x01 \x03(\x04\"\xbc\x01\n\x0cLinkQueueAdd\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x11\n\tcreate_id\x18\x03 \x01(\x04\x12\x0e\n\x06number\x18\x04 \x01(\x04\x12\x14\n\x0cmin_fidelity\x18\x05 \x01(\x01\x12\x13\n\x0b\x64\x65\x61\x64line_ns\x18\x06 \x01(\x03\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\r\n\x05\x62\x61sis\x18\x08 \x01(\t\x12\x0f\n\x07purpose\x18\t \x01(\x03\x12\x10\n\x08priority\x18\n \x01(\x03\"u\n\x0eLinkPairAssign\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06origin\x18\x03 \x01(\t\x12\x11\n\tcreate_id\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x14\n\x0c\x62right_state\x18\x06 \x01(\x01\"/\n\x0fLinkPairDiscard\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\"\xa5\x01\n\nLinkPurify\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x10\n\x08keep_seq\x18\x02 \x01(\x04\x12\x15\n\rsacrifice_seq\x18\x03 \x01(\x04\x12\x19\n\x11keep_bright_state\x18\x04 \x01(\x01\x12\x1e\n\x16sacrifice_bright_state\x18\x05 \x01(\x01\x12\x0f\n\x07outcome\x18\x06 \x01(\x03\x12\x12\n\nop_time_ns\x18\x07 \x01(\x03\"p\n\x10LinkPurifyResult\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x10\n\x08keep_seq\x18\x02 \x01(\x04\x12\x15\n\rsacrifice_seq\x18\x03 \x01(\x04\x12\x0f\n\x07outcome\x18\x04 \x01(\x03\x12\x12\n\nop_time_ns\x18\x05 \x01(\x03\"\x99\x01\n\rLinkTerminate\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x11\n\tcreate_id\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x11\n\tseq_first\x18\x05 \x01(\x03\x12\x10\n\x08seq_last\x18\x06 \x01(\x03\x12\x12\n\nkeep_count\x18\x07 \x01(\x04\x12\x0e\n\x06reason\x18\x08 \x01(\t\"[\n\nLinkExpire\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x11\n\tcreate_id\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\" \n\x0eLinkMemoryFull\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x32\x81\x01\n\x04Peer\x12\x36\n\x08\x45xchange\x12\x12.qnet.v1.PeerBatch\x1a\x12.qnet.v1.PeerBatch(\x01\x30\x01\x12\x41\n\x06Health\x12\x1a.qnet.v1.NodeHealthRequest\x1a\x1b.qnet.v1.NodeHealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PEERBATCH']._serialized_start=51
   _globals['_PEERBATCH']._serialized_end=144
-  _globals['_PEERMESSAGE']._serialized_start=146
-  _globals['_PEERMESSAGE']._serialized_end=200
-  _globals['_HELLO']._serialized_start=202
-  _globals['_HELLO']._serialized_end=241
-  _globals['_PEER']._serialized_start=244
-  _globals['_PEER']._serialized_end=373
+  _globals['_PEERMESSAGE']._serialized_start=147
+  _globals['_PEERMESSAGE']._serialized_end=644
+  _globals['_HELLO']._serialized_start=646
+  _globals['_HELLO']._serialized_end=704
+  _globals['_LINKACK']._serialized_start=706
+  _globals['_LINKACK']._serialized_end=732
+  _globals['_LINKQUEUEADD']._serialized_start=735
+  _globals['_LINKQUEUEADD']._serialized_end=923
+  _globals['_LINKPAIRASSIGN']._serialized_start=925
+  _globals['_LINKPAIRASSIGN']._serialized_end=1042
+  _globals['_LINKPAIRDISCARD']._serialized_start=1044
+  _globals['_LINKPAIRDISCARD']._serialized_end=1091
+  _globals['_LINKPURIFY']._serialized_start=1094
+  _globals['_LINKPURIFY']._serialized_end=1259
+  _globals['_LINKPURIFYRESULT']._serialized_start=1261
+  _globals['_LINKPURIFYRESULT']._serialized_end=1373
+  _globals['_LINKTERMINATE']._serialized_start=1376
+  _globals['_LINKTERMINATE']._serialized_end=1529
+  _globals['_LINKEXPIRE']._serialized_start=1531
+  _globals['_LINKEXPIRE']._serialized_end=1622
+  _globals['_LINKMEMORYFULL']._serialized_start=1624
+  _globals['_LINKMEMORYFULL']._serialized_end=1656
+  _globals['_PEER']._serialized_start=1659
+  _globals['_PEER']._serialized_end=1788
 # @@protoc_insertion_point(module_scope)

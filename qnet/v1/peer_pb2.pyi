@@ -3,9 +3,10 @@
 isort:skip_file
 Peer API: the node-to-node contract between neighbouring qnet daemons.
 
-Each daemon keeps one Exchange stream open to each neighbour. The protocol messages of the
-link, network and transport layers travel in it, batched: grpcio's per-message cost
-dominates, so a sender packs every message that is ready into one PeerBatch.
+Each daemon dials one Exchange stream to each neighbour and sends its own protocol messages
+on it, so each direction of a link has its own stream. The messages of the link, network and
+transport layers travel in it, batched: grpcio's per-message cost dominates, so a sender packs
+every message that is ready into one PeerBatch.
 
 As in every qnet.v1 contract, each request and response carries `protocol_version` as field
 1: the version of the qnet wire protocol the sender speaks (currently 1).
@@ -59,23 +60,68 @@ Global___PeerBatch: _TypeAlias = PeerBatch  # noqa: Y015
 
 @_typing.final
 class PeerMessage(_message.Message):
-    """One protocol message of any layer. Later work adds a case per message type."""
+    """One protocol message of any layer. The field number of a case names its layer, and these
+    numbers never change (they are the wire format):
+
+      1 to 15     the Peer protocol itself (Hello)
+      16 to 63    link layer: the EGP messages between the two ends of a link (Link*)
+      64 to 127   network layer (routing, circuits, swapping; not assigned yet)
+      128 to 191  transport layer (connections, pair streams; not assigned yet)
+
+    A receiver drops (and counts) a message whose case it does not know.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HELLO_FIELD_NUMBER: _builtins.int
+    LINK_ACK_FIELD_NUMBER: _builtins.int
+    LINK_QUEUE_ADD_FIELD_NUMBER: _builtins.int
+    LINK_PAIR_ASSIGN_FIELD_NUMBER: _builtins.int
+    LINK_PAIR_DISCARD_FIELD_NUMBER: _builtins.int
+    LINK_PURIFY_FIELD_NUMBER: _builtins.int
+    LINK_PURIFY_RESULT_FIELD_NUMBER: _builtins.int
+    LINK_TERMINATE_FIELD_NUMBER: _builtins.int
+    LINK_EXPIRE_FIELD_NUMBER: _builtins.int
+    LINK_MEMORY_FULL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
+    @_builtins.property
+    def link_ack(self) -> Global___LinkAck: ...
+    @_builtins.property
+    def link_queue_add(self) -> Global___LinkQueueAdd: ...
+    @_builtins.property
+    def link_pair_assign(self) -> Global___LinkPairAssign: ...
+    @_builtins.property
+    def link_pair_discard(self) -> Global___LinkPairDiscard: ...
+    @_builtins.property
+    def link_purify(self) -> Global___LinkPurify: ...
+    @_builtins.property
+    def link_purify_result(self) -> Global___LinkPurifyResult: ...
+    @_builtins.property
+    def link_terminate(self) -> Global___LinkTerminate: ...
+    @_builtins.property
+    def link_expire(self) -> Global___LinkExpire: ...
+    @_builtins.property
+    def link_memory_full(self) -> Global___LinkMemoryFull: ...
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
+        link_ack: Global___LinkAck | None = ...,
+        link_queue_add: Global___LinkQueueAdd | None = ...,
+        link_pair_assign: Global___LinkPairAssign | None = ...,
+        link_pair_discard: Global___LinkPairDiscard | None = ...,
+        link_purify: Global___LinkPurify | None = ...,
+        link_purify_result: Global___LinkPurifyResult | None = ...,
+        link_terminate: Global___LinkTerminate | None = ...,
+        link_expire: Global___LinkExpire | None = ...,
+        link_memory_full: Global___LinkMemoryFull | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -89,22 +135,353 @@ class Hello(_message.Message):
 
     NODE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Node name of the sender (equal to PeerBatch.sender)."""
     sequence: _builtins.int
     """Incremented by the sender each time it opens a new stream to this neighbour, so the
-    receiver can tell a reconnection from a duplicate.
+    receiver can tell a reconnection from a duplicate. The serving side's answer echoes the
+    dialer's sequence. A newer stream from the same sender replaces the older one.
+    """
+    recipient: _builtins.str
+    """Node name the sender means to reach; a server of another node refuses the stream. Empty
+    in the serving side's answer.
     """
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        recipient: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "recipient", b"recipient", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class LinkAck(_message.Message):
+    """--- link layer: the EGP (qnet/link/events.py) ------------------------------------------------
+
+    The link is the one between the batch's sender and its receiver. Field names equal the
+    attribute names of the matching Python dataclasses. Every message but LinkAck carries
+    `msg_id`, unique per sender, and is retransmitted until acknowledged; the receiver
+    acknowledges every copy and acts on the first, so loss, duplication and reordering are safe.
+    Times are integer nanoseconds on the backend's shared physical clock. A request is named by
+    (origin, create_id): the node that issued the CREATE and the id it gave it there.
+
+    Acknowledges messages by msg_id. Not itself acknowledged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def msg_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        msg_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_ids", b"msg_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkAck: _TypeAlias = LinkAck  # noqa: Y015
+
+@_typing.final
+class LinkQueueAdd(_message.Message):
+    """Distributed-queue ADD: a request entering the queue, sent by its origin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CREATE_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    DEADLINE_NS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    origin: _builtins.str
+    create_id: _builtins.int
+    number: _builtins.int
+    """Pairs wanted, at least 1."""
+    min_fidelity: _builtins.float
+    """Minimum fidelity at delivery, in [0, 1]."""
+    deadline_ns: _builtins.int
+    """Time after which no pair is assigned; -1 for none."""
+    kind: _builtins.str
+    """"keep" or "measure"."""
+    basis: _builtins.str
+    """"Z", "X", "Y" or "random"."""
+    purpose: _builtins.int
+    """Opaque tag of the layer above."""
+    priority: _builtins.int
+    """Larger is served first."""
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        create_id: _builtins.int = ...,
+        number: _builtins.int = ...,
+        min_fidelity: _builtins.float = ...,
+        deadline_ns: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        basis: _builtins.str = ...,
+        purpose: _builtins.int = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "create_id", b"create_id", "deadline_ns", b"deadline_ns", "kind", b"kind", "min_fidelity", b"min_fidelity", "msg_id", b"msg_id", "number", b"number", "origin", b"origin", "priority", b"priority", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkQueueAdd: _TypeAlias = LinkQueueAdd  # noqa: Y015
+
+@_typing.final
+class LinkPairAssign(_message.Message):
+    """Master to slave: herald `seq` is pair `index` (0-based) of the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CREATE_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    BRIGHT_STATE_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    seq: _builtins.int
+    origin: _builtins.str
+    create_id: _builtins.int
+    index: _builtins.int
+    bright_state: _builtins.float
+    """Bright-state population the pair was generated with."""
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        create_id: _builtins.int = ...,
+        index: _builtins.int = ...,
+        bright_state: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bright_state", b"bright_state", "create_id", b"create_id", "index", b"index", "msg_id", b"msg_id", "origin", b"origin", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkPairAssign: _TypeAlias = LinkPairAssign  # noqa: Y015
+
+@_typing.final
+class LinkPairDiscard(_message.Message):
+    """Master to slave: these herald sequences serve no request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    SEQS_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    @_builtins.property
+    def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        seqs: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_id", b"msg_id", "seqs", b"seqs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkPairDiscard: _TypeAlias = LinkPairDiscard  # noqa: Y015
+
+@_typing.final
+class LinkPurify(_message.Message):
+    """Master to slave: run one DEJMPS round on (keep_seq, sacrifice_seq)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    KEEP_SEQ_FIELD_NUMBER: _builtins.int
+    SACRIFICE_SEQ_FIELD_NUMBER: _builtins.int
+    KEEP_BRIGHT_STATE_FIELD_NUMBER: _builtins.int
+    SACRIFICE_BRIGHT_STATE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    OP_TIME_NS_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    keep_seq: _builtins.int
+    sacrifice_seq: _builtins.int
+    keep_bright_state: _builtins.float
+    sacrifice_bright_state: _builtins.float
+    outcome: _builtins.int
+    """The master's measurement outcome of its half of the sacrifice pair."""
+    op_time_ns: _builtins.int
+    """When the master did its operations."""
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        keep_seq: _builtins.int = ...,
+        sacrifice_seq: _builtins.int = ...,
+        keep_bright_state: _builtins.float = ...,
+        sacrifice_bright_state: _builtins.float = ...,
+        outcome: _builtins.int = ...,
+        op_time_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_bright_state", b"keep_bright_state", "keep_seq", b"keep_seq", "msg_id", b"msg_id", "op_time_ns", b"op_time_ns", "outcome", b"outcome", "sacrifice_bright_state", b"sacrifice_bright_state", "sacrifice_seq", b"sacrifice_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkPurify: _TypeAlias = LinkPurify  # noqa: Y015
+
+@_typing.final
+class LinkPurifyResult(_message.Message):
+    """Slave to master: the slave's outcome of a purification round."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    KEEP_SEQ_FIELD_NUMBER: _builtins.int
+    SACRIFICE_SEQ_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    OP_TIME_NS_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    keep_seq: _builtins.int
+    sacrifice_seq: _builtins.int
+    outcome: _builtins.int
+    """0 or 1; -1 when the slave had lost a pair (the round fails)."""
+    op_time_ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        keep_seq: _builtins.int = ...,
+        sacrifice_seq: _builtins.int = ...,
+        outcome: _builtins.int = ...,
+        op_time_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_seq", b"keep_seq", "msg_id", b"msg_id", "op_time_ns", b"op_time_ns", "outcome", b"outcome", "sacrifice_seq", b"sacrifice_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkPurifyResult: _TypeAlias = LinkPurifyResult  # noqa: Y015
+
+@_typing.final
+class LinkTerminate(_message.Message):
+    """Master to slave: the request ends after the first `keep_count` assigned pairs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CREATE_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    SEQ_FIRST_FIELD_NUMBER: _builtins.int
+    SEQ_LAST_FIELD_NUMBER: _builtins.int
+    KEEP_COUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    origin: _builtins.str
+    create_id: _builtins.int
+    code: _builtins.str
+    """"" when the request completed, else "unsupported", "timeout", "expired", "no_memory" or
+    "denied".
+    """
+    seq_first: _builtins.int
+    """Herald sequences the error concerns (inclusive); seq_first = -1 for none."""
+    seq_last: _builtins.int
+    keep_count: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        create_id: _builtins.int = ...,
+        code: _builtins.str = ...,
+        seq_first: _builtins.int = ...,
+        seq_last: _builtins.int = ...,
+        keep_count: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_id", b"create_id", "keep_count", b"keep_count", "msg_id", b"msg_id", "origin", b"origin", "reason", b"reason", "seq_first", b"seq_first", "seq_last", b"seq_last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkTerminate: _TypeAlias = LinkTerminate  # noqa: Y015
+
+@_typing.final
+class LinkExpire(_message.Message):
+    """Slave to master: the slave lost its half of pair `index` (herald `seq`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CREATE_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    origin: _builtins.str
+    create_id: _builtins.int
+    index: _builtins.int
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        create_id: _builtins.int = ...,
+        index: _builtins.int = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_id", b"create_id", "index", b"index", "msg_id", b"msg_id", "origin", b"origin", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkExpire: _TypeAlias = LinkExpire  # noqa: Y015
+
+@_typing.final
+class LinkMemoryFull(_message.Message):
+    """Slave to master: the slave could not allocate memory to arm."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_id", b"msg_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkMemoryFull: _TypeAlias = LinkMemoryFull  # noqa: Y015

@@ -51,8 +51,14 @@ class PeerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Exchange(self, request_iterator, context):
-        """One long-lived bidirectional stream per neighbour. Each direction starts with a batch
-        whose first message is a Hello.
+        """One long-lived bidirectional stream per neighbour and direction. The dialing node's first
+        batch starts with a Hello; the serving node checks it (protocol version, sender is a
+        configured neighbour, recipient is itself) and answers with a batch whose first message is
+        its own Hello, or refuses the stream with a status (PERMISSION_DENIED for an unknown
+        sender, FAILED_PRECONDITION for a version mismatch or the wrong recipient) and the
+        `qnet-error` trailing metadata naming the error type. After its Hello, the serving side may
+        send nothing more; a receiver processes any further batches it does get like the dialer's.
+        A malformed batch or message after the Hello is dropped (and counted), not fatal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

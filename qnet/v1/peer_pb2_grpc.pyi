@@ -3,9 +3,10 @@
 isort:skip_file
 Peer API: the node-to-node contract between neighbouring qnet daemons.
 
-Each daemon keeps one Exchange stream open to each neighbour. The protocol messages of the
-link, network and transport layers travel in it, batched: grpcio's per-message cost
-dominates, so a sender packs every message that is ready into one PeerBatch.
+Each daemon dials one Exchange stream to each neighbour and sends its own protocol messages
+on it, so each direction of a link has its own stream. The messages of the link, network and
+transport layers travel in it, batched: grpcio's per-message cost dominates, so a sender packs
+every message that is ready into one PeerBatch.
 
 As in every qnet.v1 contract, each request and response carries `protocol_version` as field
 1: the version of the qnet wire protocol the sender speaks (currently 1).
@@ -41,8 +42,14 @@ class PeerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerAsyncStub: ...
     Exchange: _grpc.StreamStreamMultiCallable[_peer_pb2.PeerBatch, _peer_pb2.PeerBatch]
-    """One long-lived bidirectional stream per neighbour. Each direction starts with a batch
-    whose first message is a Hello.
+    """One long-lived bidirectional stream per neighbour and direction. The dialing node's first
+    batch starts with a Hello; the serving node checks it (protocol version, sender is a
+    configured neighbour, recipient is itself) and answers with a batch whose first message is
+    its own Hello, or refuses the stream with a status (PERMISSION_DENIED for an unknown
+    sender, FAILED_PRECONDITION for a version mismatch or the wrong recipient) and the
+    `qnet-error` trailing metadata naming the error type. After its Hello, the serving side may
+    send nothing more; a receiver processes any further batches it does get like the dialer's.
+    A malformed batch or message after the Hello is dropped (and counted), not fatal.
     """
     Health: _grpc.UnaryUnaryMultiCallable[_node_pb2.NodeHealthRequest, _node_pb2.NodeHealthResponse]
     """Same readiness check as NodeAdmin.Health."""
@@ -51,8 +58,14 @@ class PeerStub:
 class PeerAsyncStub(PeerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Exchange: _aio.StreamStreamMultiCallable[_peer_pb2.PeerBatch, _peer_pb2.PeerBatch]  # type: ignore[assignment]
-    """One long-lived bidirectional stream per neighbour. Each direction starts with a batch
-    whose first message is a Hello.
+    """One long-lived bidirectional stream per neighbour and direction. The dialing node's first
+    batch starts with a Hello; the serving node checks it (protocol version, sender is a
+    configured neighbour, recipient is itself) and answers with a batch whose first message is
+    its own Hello, or refuses the stream with a status (PERMISSION_DENIED for an unknown
+    sender, FAILED_PRECONDITION for a version mismatch or the wrong recipient) and the
+    `qnet-error` trailing metadata naming the error type. After its Hello, the serving side may
+    send nothing more; a receiver processes any further batches it does get like the dialer's.
+    A malformed batch or message after the Hello is dropped (and counted), not fatal.
     """
     Health: _aio.UnaryUnaryMultiCallable[_node_pb2.NodeHealthRequest, _node_pb2.NodeHealthResponse]  # type: ignore[assignment]
     """Same readiness check as NodeAdmin.Health."""
@@ -64,8 +77,14 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_peer_pb2.PeerBatch],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_peer_pb2.PeerBatch], _abc.AsyncIterator[_peer_pb2.PeerBatch]]:
-        """One long-lived bidirectional stream per neighbour. Each direction starts with a batch
-        whose first message is a Hello.
+        """One long-lived bidirectional stream per neighbour and direction. The dialing node's first
+        batch starts with a Hello; the serving node checks it (protocol version, sender is a
+        configured neighbour, recipient is itself) and answers with a batch whose first message is
+        its own Hello, or refuses the stream with a status (PERMISSION_DENIED for an unknown
+        sender, FAILED_PRECONDITION for a version mismatch or the wrong recipient) and the
+        `qnet-error` trailing metadata naming the error type. After its Hello, the serving side may
+        send nothing more; a receiver processes any further batches it does get like the dialer's.
+        A malformed batch or message after the Hello is dropped (and counted), not fatal.
         """
 
     @_abc_1.abstractmethod
