@@ -212,6 +212,14 @@ class NodeSession:
         )
         return list(resp.disarmed)
 
+    async def execute(self, ops: Sequence[pb.Operation]) -> pb.ExecuteResponse:
+        """Run ``ops`` in order in one request; see ``ExecuteResponse`` for partial failure."""
+        return await unary_call(
+            self._stub.Execute,
+            pb.ExecuteRequest(protocol_version=V, session=self.token, ops=ops),
+            error_mapper=self._map,
+        )
+
     @asynccontextmanager
     async def heralds(self) -> AsyncGenerator[AsyncIterator[HeraldEvent], None]:
         """This node's heralds, in order; the iteration ends when the session ends. Entering

@@ -18,12 +18,15 @@ import trio
 
 from qnet.channel import wire
 from qnet.channel.wire import PROTOCOL_VERSION, check_version
-from qnet.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from qnet.errors import AlreadyExists, InvalidArgument, QnetError, Unauthenticated
 from qnet.physical.channel_core import ChannelCore
 from qnet.runtime.clock import PhysicalClock
 from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.channeld")
+
+#: Operations one Execute request may carry.
+MAX_OPERATIONS = 10_000
 
 
 @dataclass(eq=False)
@@ -188,6 +191,68 @@ class ChannelServer:
         disarmed = self.core.stop_generation(node, req.peer, self._now())
         self._after_request()
         return pb.StopGenerationResponse(protocol_version=PROTOCOL_VERSION, disarmed=disarmed)
+
+    async def execute(self, req: pb.ExecuteRequest) -> pb.ExecuteResponse:
+        check_version(req)
+        node = self._session(req.session).node
+        if len(req.ops) > MAX_OPERATIONS:
+            raise InvalidArgument(
+                f"{len(req.ops)} operations in one request; at most {MAX_OPERATIONS}"
+            )
+        now = self._now()
+        resp = pb.ExecuteResponse(protocol_version=PROTOCOL_VERSION)
+        try:
+            for op in req.ops:
+                resp.results.append(self._run_op(node, op, now))
+        except QnetError as exc:
+            resp.failure.CopyFrom(
+                pb.OperationFailure(
+                    index=len(resp.results), error_type=type(exc).__name__, message=str(exc)
+                )
+            )
+        self._after_request()
+        return resp
+
+    def _run_op(self, node: str, op: pb.Operation, now: int) -> pb.OperationResult:
+        core = self.core
+        kind = op.WhichOneof("op")
+        if kind == "gate":
+            g = op.gate
+            core.apply_gate(node, wire.gate_from_wire(g.gate), list(g.qubits), g.angle, now)
+            return pb.OperationResult()
+        if kind == "measure":
+            m = op.measure
+            basis = wire.basis_from_wire(m.basis)
+            return pb.OperationResult(outcome=core.measure(node, m.qubit, basis, now, keep=m.keep))
+        if kind == "arm":
+            a = op.arm
+            qubits = list(a.qubits)
+            if a.allocate:
+                qubits += core.allocate(node, a.allocate, now)
+            try:
+                core.start_generation(
+                    node, a.peer, qubits, now, bright_state=a.bright_state or None
+                )
+            except QnetError:
+                if a.allocate:
+                    core.free(node, qubits[len(a.qubits) :], now)  # never leak what we took
+                raise
+            return pb.OperationResult(qubits=qubits)
+        if kind == "disarm":
+            d = op.disarm
+            disarmed = core.stop_generation(node, d.peer, now)
+            if d.free and disarmed:
+                core.free(node, disarmed, now)
+            return pb.OperationResult(qubits=disarmed)
+        if kind == "free":
+            core.free(node, list(op.free.qubits), now)
+            return pb.OperationResult()
+        if kind == "allocate":
+            return pb.OperationResult(qubits=core.allocate(node, op.allocate.count, now))
+        if kind == "bell_measure":
+            b = op.bell_measure
+            return pb.OperationResult(outcome=core.bell_measure(node, b.qubit_a, b.qubit_b, now))
+        raise InvalidArgument("an operation must set one of its kinds")
 
     async def events(self, req: pb.EventsRequest) -> AsyncGenerator[pb.Event, None]:
         """The node's heralds, in order, from registration on (queued while no stream is

@@ -33,6 +33,7 @@ def channel_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
             "BellMeasure": impl.bell_measure,
             "StartGeneration": impl.start_generation,
             "StopGeneration": impl.stop_generation,
+            "Execute": impl.execute,
             "Events": impl.events,
             "Now": impl.now,
             "Health": impl.health,

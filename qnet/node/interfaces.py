@@ -17,6 +17,7 @@ from qnet.link.events import PeerMessage
 from qnet.physical.events import HeraldEvent
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.params import LinkParams
+from qnet.v1 import channel_pb2 as pb
 
 
 class LinkTheoryLike(Protocol):
@@ -42,6 +43,7 @@ class ChannelAccess(Protocol):
         self, peer: str, qubits: Sequence[int], *, bright_state: float | None = None
     ) -> int: ...
     async def stop_generation(self, peer: str) -> list[int]: ...
+    async def execute(self, ops: Sequence[pb.Operation]) -> pb.ExecuteResponse: ...
     def heralds(self) -> AbstractAsyncContextManager[AsyncIterator[HeraldEvent]]: ...
 
 

@@ -116,6 +116,11 @@ class LocalSession:
         )
         return list(resp.disarmed)
 
+    async def execute(self, ops: Sequence[pb.Operation]) -> pb.ExecuteResponse:
+        return await self.server.execute(
+            pb.ExecuteRequest(protocol_version=V, session=self.token, ops=ops)
+        )
+
     @asynccontextmanager
     async def heralds(self) -> AsyncGenerator[AsyncIterator[HeraldEvent], None]:
         events = self.server.events(pb.EventsRequest(protocol_version=V, session=self.token))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from qnet.channel import wire
 from qnet.errors import NoMemory, NotFound, ProtocolError, QnetError
 from qnet.link.egp import EgpConfig, EgpCore
 from qnet.link.events import (
@@ -38,6 +39,7 @@ from qnet.node.interfaces import ChannelAccess, PeerTransport
 from qnet.physical.events import HeraldEvent
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
+from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.node")
 
@@ -260,44 +262,85 @@ class NodeRuntime:
             link.commands.send_nowait(Free(0, (event.qubit,)))
 
     async def _execute(self, link: _Link) -> None:
-        """Run the link's physical commands in order, feeding results back to its core."""
-        ch = self.channel
-        async for cmd in link.pending:
+        """Run the link's physical commands in order, feeding results back to its core.
+
+        Whatever queued up while the previous batch ran goes to the backend as one Execute
+        request: per-call cost dominates, so the busier the link, the larger the batches.
+        """
+        while True:
+            commands = [await link.pending.receive()]
+            while True:
+                try:
+                    commands.append(link.pending.receive_nowait())
+                except trio.WouldBlock:
+                    break
             try:
-                if isinstance(cmd, Arm):
-                    try:
-                        qubits = await ch.allocate(cmd.count)
-                    except NoMemory:
-                        link.core.on_no_memory(self.now())
-                    else:
-                        await ch.start_generation(
-                            link.peer, qubits, bright_state=cmd.bright_state or None
-                        )
-                elif isinstance(cmd, Disarm):
-                    disarmed = await ch.stop_generation(link.peer)
-                    if disarmed:
-                        await ch.free(disarmed)
-                elif isinstance(cmd, MeasureQubit):
-                    outcome = await ch.measure(cmd.qubit, cmd.basis)
-                    link.core.on_measured(cmd.tag, outcome, self.now())
-                elif isinstance(cmd, Gates):
-                    for gate, qubits_, angle in cmd.ops:
-                        await ch.gate(gate, *qubits_, angle=angle)
-                elif isinstance(cmd, Free):
-                    await ch.free(cmd.qubits)
-            except NotFound as exc:
-                # The qubit went away under us (e.g. freed by a racing disarm); say so, go on.
-                log.warning(
-                    "%s: %s on link to %s: %s", self.name, type(cmd).__name__, link.peer, exc
-                )
+                await self._run_batch(link, commands)
             except QnetError as exc:
                 log.error(
-                    "%s: %s on link to %s failed: %s", self.name, type(cmd).__name__, link.peer, exc
+                    "%s: backend request for link to %s failed: %s", self.name, link.peer, exc
                 )
             self._flush(link)
+
+    async def _run_batch(self, link: _Link, commands: list[PhysicalCommand]) -> None:
+        ops: list[pb.Operation] = []
+        owners: list[PhysicalCommand] = []
+        for cmd in commands:
+            for op in _operations(link.peer, cmd):
+                ops.append(op)
+                owners.append(cmd)
+        start = 0
+        while start < len(ops):
+            resp = await self.channel.execute(ops[start:])
+            now = self.now()
+            for i, result in enumerate(resp.results):
+                cmd = owners[start + i]
+                if isinstance(cmd, MeasureQubit):
+                    link.core.on_measured(cmd.tag, result.outcome, now)
+            if not resp.HasField("failure"):
+                return
+            failed = start + resp.failure.index
+            cmd = owners[failed]
+            if isinstance(cmd, Arm) and resp.failure.error_type == NoMemory.__name__:
+                link.core.on_no_memory(now)
+            else:
+                # E.g. a qubit freed under us by a racing disarm: say so, and go on.
+                log.warning(
+                    "%s: %s on link to %s failed: %s",
+                    self.name,
+                    type(cmd).__name__,
+                    link.peer,
+                    resp.failure.message,
+                )
+            start = failed + 1
+            while start < len(ops) and owners[start] is cmd:
+                start += 1  # the rest of a failed command's operations would act on bad state
 
     def _link(self, peer: str) -> _Link:
         try:
             return self._links[peer]
         except KeyError:
             raise NotFound(f"{peer!r} is not a neighbour", node=self.name) from None
+
+
+def _operations(peer: str, cmd: PhysicalCommand) -> list[pb.Operation]:
+    """The backend operations that carry out one EGP physical command."""
+    if isinstance(cmd, Arm):
+        return [
+            pb.Operation(
+                arm=pb.ArmOp(peer=peer, allocate=cmd.count, bright_state=cmd.bright_state or 0.0)
+            )
+        ]
+    if isinstance(cmd, Disarm):
+        return [pb.Operation(disarm=pb.DisarmOp(peer=peer, free=True))]
+    if isinstance(cmd, MeasureQubit):
+        basis = wire.BASIS_TO_WIRE[cmd.basis]
+        return [pb.Operation(measure=pb.MeasureOp(qubit=cmd.qubit, basis=basis))]
+    if isinstance(cmd, Gates):
+        return [
+            pb.Operation(gate=pb.GateOp(gate=wire.GATE_TO_WIRE[gate], qubits=qubits, angle=angle))
+            for gate, qubits, angle in cmd.ops
+        ]
+    if isinstance(cmd, Free):
+        return [pb.Operation(free=pb.FreeOp(qubits=cmd.qubits))]
+    raise AssertionError(f"unknown physical command {cmd!r}")

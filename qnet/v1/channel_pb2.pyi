@@ -872,6 +872,335 @@ class SessionEnded(_message.Message):
 Global___SessionEnded: _TypeAlias = SessionEnded  # noqa: Y015
 
 @_typing.final
+class Operation(_message.Message):
+    """Several operations in one request, run in order at one physical instant: the way a node
+    keeps its per-operation cost low (grpcio's per-call cost dominates a single gate). The first
+    failing operation stops the batch; the response then holds the results of those before it
+    and names the failure. Operations are the single-purpose requests' fields.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATE_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
+    BELL_MEASURE_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    DISARM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allocate(self) -> Global___AllocateOp: ...
+    @_builtins.property
+    def free(self) -> Global___FreeOp: ...
+    @_builtins.property
+    def gate(self) -> Global___GateOp: ...
+    @_builtins.property
+    def measure(self) -> Global___MeasureOp: ...
+    @_builtins.property
+    def bell_measure(self) -> Global___BellMeasureOp: ...
+    @_builtins.property
+    def arm(self) -> Global___ArmOp: ...
+    @_builtins.property
+    def disarm(self) -> Global___DisarmOp: ...
+    def __init__(
+        self,
+        *,
+        allocate: Global___AllocateOp | None = ...,
+        free: Global___FreeOp | None = ...,
+        gate: Global___GateOp | None = ...,
+        measure: Global___MeasureOp | None = ...,
+        bell_measure: Global___BellMeasureOp | None = ...,
+        arm: Global___ArmOp | None = ...,
+        disarm: Global___DisarmOp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocate", b"allocate", "arm", b"arm", "bell_measure", b"bell_measure", "disarm", b"disarm", "free", b"free", "gate", b"gate", "measure", b"measure", "op", b"op"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocate", b"allocate", "arm", b"arm", "bell_measure", b"bell_measure", "disarm", b"disarm", "free", b"free", "gate", b"gate", "measure", b"measure", "op", b"op"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["allocate", "free", "gate", "measure", "bell_measure", "arm", "disarm"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class AllocateOp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocateOp: _TypeAlias = AllocateOp  # noqa: Y015
+
+@_typing.final
+class FreeOp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUBITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def qubits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        qubits: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qubits", b"qubits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreeOp: _TypeAlias = FreeOp  # noqa: Y015
+
+@_typing.final
+class GateOp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATE_FIELD_NUMBER: _builtins.int
+    QUBITS_FIELD_NUMBER: _builtins.int
+    ANGLE_FIELD_NUMBER: _builtins.int
+    gate: Global___Gate.ValueType
+    angle: _builtins.float
+    @_builtins.property
+    def qubits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        gate: Global___Gate.ValueType = ...,
+        qubits: _abc.Iterable[_builtins.int] | None = ...,
+        angle: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["angle", b"angle", "gate", b"gate", "qubits", b"qubits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateOp: _TypeAlias = GateOp  # noqa: Y015
+
+@_typing.final
+class MeasureOp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUBIT_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    KEEP_FIELD_NUMBER: _builtins.int
+    qubit: _builtins.int
+    basis: Global___Basis.ValueType
+    keep: _builtins.bool
+    def __init__(
+        self,
+        *,
+        qubit: _builtins.int = ...,
+        basis: Global___Basis.ValueType = ...,
+        keep: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "keep", b"keep", "qubit", b"qubit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeasureOp: _TypeAlias = MeasureOp  # noqa: Y015
+
+@_typing.final
+class BellMeasureOp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUBIT_A_FIELD_NUMBER: _builtins.int
+    QUBIT_B_FIELD_NUMBER: _builtins.int
+    qubit_a: _builtins.int
+    qubit_b: _builtins.int
+    def __init__(
+        self,
+        *,
+        qubit_a: _builtins.int = ...,
+        qubit_b: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qubit_a", b"qubit_a", "qubit_b", b"qubit_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BellMeasureOp: _TypeAlias = BellMeasureOp  # noqa: Y015
+
+@_typing.final
+class ArmOp(_message.Message):
+    """Arm `qubits`, plus `allocate` new ones, for generation with `peer` (see StartGeneration)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    QUBITS_FIELD_NUMBER: _builtins.int
+    ALLOCATE_FIELD_NUMBER: _builtins.int
+    BRIGHT_STATE_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    allocate: _builtins.int
+    bright_state: _builtins.float
+    @_builtins.property
+    def qubits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        qubits: _abc.Iterable[_builtins.int] | None = ...,
+        allocate: _builtins.int = ...,
+        bright_state: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocate", b"allocate", "bright_state", b"bright_state", "peer", b"peer", "qubits", b"qubits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArmOp: _TypeAlias = ArmOp  # noqa: Y015
+
+@_typing.final
+class DisarmOp(_message.Message):
+    """Stop generation with `peer`; with `free`, the disarmed qubits are freed too."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    free: _builtins.bool
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        free: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free", b"free", "peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisarmOp: _TypeAlias = DisarmOp  # noqa: Y015
+
+@_typing.final
+class OperationResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUBITS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: _builtins.int
+    """measure and bell_measure: the outcome or Bell index."""
+    @_builtins.property
+    def qubits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """allocate: the new qubits; arm: the qubits armed by this operation; disarm: the disarmed."""
+
+    def __init__(
+        self,
+        *,
+        qubits: _abc.Iterable[_builtins.int] | None = ...,
+        outcome: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "qubits", b"qubits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperationResult: _TypeAlias = OperationResult  # noqa: Y015
+
+@_typing.final
+class OperationFailure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """position of the failed operation in the request"""
+    error_type: _builtins.str
+    """qnet error type name, as in the "qnet-error" metadata"""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        error_type: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_type", b"error_type", "index", b"index", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperationFailure: _TypeAlias = OperationFailure  # noqa: Y015
+
+@_typing.final
+class ExecuteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    OPS_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    session: _builtins.str
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]: ...
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        session: _builtins.str = ...,
+        ops: _abc.Iterable[Global___Operation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops", "protocol_version", b"protocol_version", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteRequest: _TypeAlias = ExecuteRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationResult]:
+        """one per operation that ran"""
+
+    @_builtins.property
+    def failure(self) -> Global___OperationFailure:
+        """set when an operation failed"""
+
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        results: _abc.Iterable[Global___OperationResult] | None = ...,
+        failure: Global___OperationFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "protocol_version", b"protocol_version", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
+
+@_typing.final
 class NowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -79,6 +79,11 @@ class ChannelStub:
                 request_serializer=qnet_dot_v1_dot_channel__pb2.StopGenerationRequest.SerializeToString,
                 response_deserializer=qnet_dot_v1_dot_channel__pb2.StopGenerationResponse.FromString,
                 _registered_method=True)
+        self.Execute = channel.unary_unary(
+                '/qnet.v1.Channel/Execute',
+                request_serializer=qnet_dot_v1_dot_channel__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_channel__pb2.ExecuteResponse.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/qnet.v1.Channel/Events',
                 request_serializer=qnet_dot_v1_dot_channel__pb2.EventsRequest.SerializeToString,
@@ -153,6 +158,12 @@ class ChannelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Execute(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Events(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -218,6 +229,11 @@ def add_ChannelServicer_to_server(servicer, server):
                     servicer.StopGeneration,
                     request_deserializer=qnet_dot_v1_dot_channel__pb2.StopGenerationRequest.FromString,
                     response_serializer=qnet_dot_v1_dot_channel__pb2.StopGenerationResponse.SerializeToString,
+            ),
+            'Execute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Execute,
+                    request_deserializer=qnet_dot_v1_dot_channel__pb2.ExecuteRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_channel__pb2.ExecuteResponse.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
@@ -478,6 +494,33 @@ class Channel:
             '/qnet.v1.Channel/StopGeneration',
             qnet_dot_v1_dot_channel__pb2.StopGenerationRequest.SerializeToString,
             qnet_dot_v1_dot_channel__pb2.StopGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Execute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.Channel/Execute',
+            qnet_dot_v1_dot_channel__pb2.ExecuteRequest.SerializeToString,
+            qnet_dot_v1_dot_channel__pb2.ExecuteResponse.FromString,
             options,
             channel_credentials,
             insecure,

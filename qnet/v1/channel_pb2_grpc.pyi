@@ -53,6 +53,7 @@ class ChannelStub:
     BellMeasure: _grpc.UnaryUnaryMultiCallable[_channel_pb2.BellMeasureRequest, _channel_pb2.BellMeasureResponse]
     StartGeneration: _grpc.UnaryUnaryMultiCallable[_channel_pb2.StartGenerationRequest, _channel_pb2.StartGenerationResponse]
     StopGeneration: _grpc.UnaryUnaryMultiCallable[_channel_pb2.StopGenerationRequest, _channel_pb2.StopGenerationResponse]
+    Execute: _grpc.UnaryUnaryMultiCallable[_channel_pb2.ExecuteRequest, _channel_pb2.ExecuteResponse]
     Events: _grpc.UnaryStreamMultiCallable[_channel_pb2.EventsRequest, _channel_pb2.Event]
     Now: _grpc.UnaryUnaryMultiCallable[_channel_pb2.NowRequest, _channel_pb2.NowResponse]
     Health: _grpc.UnaryUnaryMultiCallable[_channel_pb2.HealthRequest, _channel_pb2.HealthResponse]
@@ -69,6 +70,7 @@ class ChannelAsyncStub(ChannelStub):
     BellMeasure: _aio.UnaryUnaryMultiCallable[_channel_pb2.BellMeasureRequest, _channel_pb2.BellMeasureResponse]  # type: ignore[assignment]
     StartGeneration: _aio.UnaryUnaryMultiCallable[_channel_pb2.StartGenerationRequest, _channel_pb2.StartGenerationResponse]  # type: ignore[assignment]
     StopGeneration: _aio.UnaryUnaryMultiCallable[_channel_pb2.StopGenerationRequest, _channel_pb2.StopGenerationResponse]  # type: ignore[assignment]
+    Execute: _aio.UnaryUnaryMultiCallable[_channel_pb2.ExecuteRequest, _channel_pb2.ExecuteResponse]  # type: ignore[assignment]
     Events: _aio.UnaryStreamMultiCallable[_channel_pb2.EventsRequest, _channel_pb2.Event]  # type: ignore[assignment]
     Now: _aio.UnaryUnaryMultiCallable[_channel_pb2.NowRequest, _channel_pb2.NowResponse]  # type: ignore[assignment]
     Health: _aio.UnaryUnaryMultiCallable[_channel_pb2.HealthRequest, _channel_pb2.HealthResponse]  # type: ignore[assignment]
@@ -136,6 +138,13 @@ class ChannelServicer(metaclass=_abc_1.ABCMeta):
         request: _channel_pb2.StopGenerationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_channel_pb2.StopGenerationResponse, _abc.Awaitable[_channel_pb2.StopGenerationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Execute(
+        self,
+        request: _channel_pb2.ExecuteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channel_pb2.ExecuteResponse, _abc.Awaitable[_channel_pb2.ExecuteResponse]]: ...
 
     @_abc_1.abstractmethod
     def Events(

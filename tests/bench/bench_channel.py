@@ -21,6 +21,7 @@ from qnet.physical.channel_core import ChannelCore
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.params import LinkParams, NodeParams
 from qnet.runtime.processes import start_channeld
+from qnet.v1 import channel_pb2 as pb
 
 NOISY = NodeParams(memory_qubits=64, t1_s=10, t2_s=1)
 NOISELESS = NodeParams(memory_qubits=64)
@@ -84,6 +85,7 @@ async def _grpc_rates(n: int) -> dict[str, float]:
             await alice.gate(GateName.CNOT, *q)
             out["grpc 1q gate/s"] = await _timed(n, lambda: alice.gate(GateName.H, q[0]))
             out["grpc 2q gate/s"] = await _timed(n, lambda: alice.gate(GateName.CNOT, *q))
+            out["grpc 2q gate/s, Execute batches of 20"] = await _grpc_batched(alice, q, n, 20)
             out["grpc generate+measure/s"] = await _grpc_pairs(alice, bob, n // 4)
         nursery.cancel_scope.cancel()
     return out
@@ -94,6 +96,15 @@ async def _timed(n: int, op: Callable[[], object]) -> float:
     for _ in range(n):
         await op()  # type: ignore[misc]
     return n / (time.perf_counter() - t)
+
+
+async def _grpc_batched(alice: NodeSession, q: list[int], n: int, size: int) -> float:
+    cnot = pb.Operation(gate=pb.GateOp(gate=pb.GATE_CNOT, qubits=q))
+    batch = [cnot] * size
+    t = time.perf_counter()
+    for _ in range(n // size):
+        await alice.execute(batch)
+    return (n // size) * size / (time.perf_counter() - t)
 
 
 async def _grpc_pairs(alice: NodeSession, bob: NodeSession, n: int) -> float:

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from qnet import errors
+from qnet.channel import wire
 from qnet.channel.client import ChannelClient, LinkTheory, NodeSession, open_channel_client
 from qnet.channel.service import ChannelDaemonConfig, run_channel_daemon
 from qnet.channel.wire import PROTOCOL_VERSION
@@ -200,3 +201,55 @@ async def test_second_event_stream_and_takeover(client: ChannelClient) -> None:
         with pytest.raises(errors.Unauthenticated):
             await alice.allocate(1)
         assert await again.allocate(1)
+
+
+async def test_execute_runs_in_order_and_stops_at_the_first_failure(
+    client: ChannelClient,
+) -> None:
+    with trio.fail_after(20):
+        alice, _ = await _pair(client)
+        resp = await alice.execute(
+            [
+                pb.Operation(allocate=pb.AllocateOp(count=2)),
+                pb.Operation(measure=pb.MeasureOp(qubit=999, basis=pb.BASIS_Z)),
+                pb.Operation(allocate=pb.AllocateOp(count=1)),
+            ]
+        )
+        assert len(resp.results) == 1
+        qs = list(resp.results[0].qubits)
+        assert resp.failure.index == 1
+        assert resp.failure.error_type == "NotFound"
+        assert "qubit 999" in resp.failure.message
+        assert await _in_use(client) == 2  # the third op never ran
+        x, h = wire.GATE_TO_WIRE[GateName.X], wire.GATE_TO_WIRE[GateName.H]
+        resp = await alice.execute(
+            [
+                pb.Operation(gate=pb.GateOp(gate=x, qubits=qs[:1])),
+                pb.Operation(gate=pb.GateOp(gate=h, qubits=qs[1:])),
+                pb.Operation(measure=pb.MeasureOp(qubit=qs[0], basis=pb.BASIS_Z)),
+                pb.Operation(measure=pb.MeasureOp(qubit=qs[1], basis=pb.BASIS_X)),
+            ]
+        )
+        assert not resp.HasField("failure")
+        assert [r.outcome for r in resp.results] == [0, 0, 1, 0]
+        assert await _in_use(client) == 0
+
+
+async def test_execute_arm_with_allocation_leaks_nothing_on_failure(
+    client: ChannelClient,
+) -> None:
+    with trio.fail_after(20):
+        alice, _ = await _pair(client)
+        resp = await alice.execute(
+            [pb.Operation(arm=pb.ArmOp(peer="bob", allocate=2, bright_state=0.7))]
+        )
+        assert resp.failure.error_type == "InvalidArgument"
+        assert "bright_state" in resp.failure.message
+        assert await _in_use(client) == 0
+        resp = await alice.execute([pb.Operation(arm=pb.ArmOp(peer="bob", allocate=2))])
+        assert len(resp.results[0].qubits) == 2
+        resp = await alice.execute([pb.Operation(disarm=pb.DisarmOp(peer="bob", free=True))])
+        assert len(resp.results[0].qubits) == 2
+        assert await _in_use(client) == 0
+        empty = await alice.execute([pb.Operation()])
+        assert empty.failure.error_type == "InvalidArgument"
