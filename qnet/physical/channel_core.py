@@ -85,6 +85,7 @@ def link_id(a: str, b: str) -> str:
 @dataclass(slots=True)
 class _Node:
     params: NodeParams
+    rng: random.Random
     qubits: set[int] = field(default_factory=set)
 
 
@@ -94,6 +95,7 @@ class _Link:
     b: str
     params: LinkParams
     armed: dict[str, deque[tuple[int, float | None]]]
+    rng: random.Random
     sequence: int = 0
     epoch: int = 0  # bumped whenever the scheduled success no longer holds
     scheduled: bool = False  # a success is on the heap for the current epoch
@@ -115,7 +117,11 @@ class ChannelCore:
     """All physics of one simulated network. Not thread-safe: one driver owns it."""
 
     def __init__(self, *, seed: int = 0, max_group_qubits: int = 10) -> None:
-        self.rng = random.Random(seed)
+        # One random stream per node and per link, each seeded from (seed, name): what one link
+        # or node draws then does not depend on how other nodes' requests interleave, which is
+        # what makes a simulation repeat for its seed.
+        self.seed = seed
+        self.rng = random.Random(f"{seed}|backend")
         self.engine = StateEngine(self.rng, max_group_qubits=max_group_qubits)
         self.now = 0
         self._nodes: dict[str, _Node] = {}
@@ -166,7 +172,7 @@ class ChannelCore:
         check_node_name(name)
         if name in self._nodes:
             raise AlreadyExists(f"node {name} is already registered")
-        self._nodes[name] = _Node(params)
+        self._nodes[name] = _Node(params, random.Random(f"{self.seed}|node|{name}"))
 
     def unregister_node(self, name: str, now: int) -> None:
         """Forget a node: stop its generation and free its qubits (its links stay declared)."""
@@ -209,7 +215,9 @@ class ChannelCore:
                 )
             return existing.model(None)
         lo, hi = sorted((a, b))
-        link = _Link(lo, hi, params, {lo: deque(), hi: deque()})
+        link = _Link(
+            lo, hi, params, {lo: deque(), hi: deque()}, random.Random(f"{self.seed}|{lid}")
+        )
         self._links[lid] = link
         return link.model(None)
 
@@ -397,13 +405,13 @@ class ChannelCore:
         self.engine.discard(qubit)
 
     def _measure(self, node: str, qubit: int, basis: Basis, keep: bool) -> int:
-        outcome = self.engine.measure(qubit, basis, keep=keep)
+        outcome = self.engine.measure(qubit, basis, keep=keep, rng=self._nodes[node].rng)
         if not keep:
             owner = self._owner.pop(qubit)
             self._nodes[owner].qubits.discard(qubit)
             del self._last[qubit]
         error = self._nodes[node].params.measure_error
-        if error > 0.0 and self.rng.random() < error:
+        if error > 0.0 and self._nodes[node].rng.random() < error:
             outcome ^= 1
         return outcome
 
@@ -452,7 +460,7 @@ class ChannelCore:
         if not heads_a or not heads_b:
             return
         model = link.model(heads_a[0][1])
-        attempts = model.draw_attempts(self.rng)
+        attempts = model.draw_attempts(link.rng)
         link.scheduled = True
         link.started_ns = now
         link.cycle_ns = model.cycle_ns
@@ -477,7 +485,7 @@ class ChannelCore:
         del self._armed_on[qa]
         del self._armed_on[qb]
         model = link.model(alpha)
-        index = HERALDED_INDICES[self.rng.random() < 0.5]
+        index = HERALDED_INDICES[link.rng.random() < 0.5]
         self.engine.set_state((qa, qb), model.states[index])
         emitted = when - model.flight_ns
         self._last[qa] = emitted

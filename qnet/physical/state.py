@@ -167,8 +167,11 @@ class StateEngine:
         full: Matrix = np.ascontiguousarray(t).reshape(d, d)
         return full
 
-    def measure(self, qubit: int, basis: Basis, *, keep: bool = False) -> int:
-        """Projective measurement; 0 is the basis's +1 eigenstate. Frees the qubit unless kept."""
+    def measure(
+        self, qubit: int, basis: Basis, *, keep: bool = False, rng: random.Random | None = None
+    ) -> int:
+        """Projective measurement; 0 is the basis's +1 eigenstate. Frees the qubit unless kept.
+        ``rng`` (default: the engine's) draws the outcome."""
         rotation = TO_Z_BASIS[basis]
         if rotation is not None:
             self.apply(rotation, (qubit,))
@@ -180,7 +183,7 @@ class StateEngine:
             pos = group.qubits.index(qubit)
             diag = group.rho.diagonal().real.reshape(1 << pos, 2, 1 << (n - pos - 1))
             p0 = float(diag[:, 0, :].sum())
-        outcome = 0 if self.rng.random() < p0 else 1
+        outcome = 0 if (rng or self.rng).random() < p0 else 1
         p = p0 if outcome == 0 else 1.0 - p0
         if n > 1:
             pos = group.qubits.index(qubit)

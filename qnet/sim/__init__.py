@@ -12,6 +12,8 @@ second costs only the work done in it, and a run is deterministic for its seed.
 
 from __future__ import annotations
 
+import random
+import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ async def open_network(
 ) -> AsyncGenerator[SimNetwork, None]:
     """Build and start every node of ``topology``; leaving the block stops them all."""
     seed = topology.seed if seed is None else seed
+    _deterministic_scheduling(seed)
     # Simulated physical time is the trio clock itself (scale 1): under a MockClock it is
     # virtual, and the backend and every node read the same one.
     clock = PhysicalClock(1.0)
@@ -86,6 +89,32 @@ async def open_network(
             nodes[spec.name] = runtime
         yield SimNetwork(topology, server, classical, nodes, sessions)
         nursery.cancel_scope.cancel()
+
+
+def _deterministic_scheduling(seed: int) -> None:
+    """Make trio run tasks that wake at the same instant in a repeatable order.
+
+    Nodes act at the same virtual instant all the time (both ends of a link are heralded
+    together), and the order in which they reach the backend decides which random draw goes to
+    which measurement. trio shuffles such ties on purpose; it has a deterministic mode (sort by
+    creation order, then shuffle with its own seeded generator) for Hypothesis, which this
+    switches on and seeds. These are private names of trio: if they are gone, runs still work,
+    only without the repeatability guarantee, and a warning says so.
+    """
+    run_module = getattr(trio, "_core", None)
+    run_module = getattr(run_module, "_run", None)
+    scheduler_rng = getattr(run_module, "_r", None)
+    if run_module is None or not hasattr(run_module, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        warnings.warn(
+            "this trio has no deterministic scheduling hook; qnet.sim runs will not repeat"
+            " exactly for a seed",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    run_module._ALLOW_DETERMINISTIC_SCHEDULING = True
+    if isinstance(scheduler_rng, random.Random):
+        scheduler_rng.seed(f"{seed}|trio")
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
