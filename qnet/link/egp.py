@@ -74,6 +74,10 @@ class EgpConfig:
     max_rto_ns: int = 1_000_000_000
     #: Open requests the master accepts before it DENIES more.
     max_queue: int = 256
+    #: How long memory may stay full (allocations failing at either end) before the request
+    #: at the head fails with NO_MEMORY; None: 50 retransmission timeouts. Until then a failed
+    #: allocation is back-pressure: users free what they were given, and arming retries.
+    memory_wait_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -107,6 +111,11 @@ class EgpCore:
         rto = config.rto_ns if config.rto_ns is not None else 4 * one_way + 100_000
         self._sender = ReliableSender(rto_ns=rto, max_rto_ns=max(rto, config.max_rto_ns))
         self._backoff_ns = rto
+        self._memory_wait_ns = (
+            config.memory_wait_ns if config.memory_wait_ns is not None else 50 * rto
+        )
+        #: Master: when allocations (ours or the slave's) started failing, while they still do.
+        self._full_since: int | None = None
         self._dedup = Deduplicator()
         self._out: list[Output] = []
         self.requests: dict[RequestKey, Request] = {}
@@ -229,6 +238,7 @@ class EgpCore:
             raise InvalidArgument(f"Bell index must be 0..3, got {bell_index!r}")
         missing = list(range(self.last_seq + 1, sequence))
         self.last_seq = sequence
+        self._full_since = None
         for seq in [s for s in self._herald_due if s <= sequence]:
             del self._herald_due[seq]
         self._armed = max(0, self._armed - 1)
@@ -276,7 +286,7 @@ class EgpCore:
             self._alphas.pop()
         self._arm_blocked_until = now + self._backoff_ns
         if self.is_master:
-            self._memory_full(now, f"{self.node} has no free memory qubit")
+            self._note_full(now, f"{self.node} has no free memory qubit")
         else:
             self._send(MemoryFull, now)
         self._update_arming(now)
@@ -413,6 +423,16 @@ class EgpCore:
         )
         self._release_pool(req, now)
         self._check_finish(req)
+
+    def _note_full(self, now: int, reason: str) -> None:
+        """Memory is full at one end: fail the head request only once it has stayed full for
+        the memory wait (a herald, which needs both ends armed, ends the streak)."""
+        if self._full_since is None:
+            self._full_since = now
+        waited = now - self._full_since
+        if waited >= self._memory_wait_ns:
+            self._full_since = None
+            self._memory_full(now, f"{reason} for {waited / 1e6:.3g} ms")
 
     def _memory_full(self, now: int, reason: str) -> None:
         head = self._head()
@@ -576,7 +596,7 @@ class EgpCore:
         self._terminate(req, ErrorCode.EXPIRED, reason, now, expired=(msg.index, msg.seq))
 
     def _on_memory_full(self, msg: MemoryFull, now: int) -> None:
-        self._memory_full(now, f"{self.peer} has no free memory qubit")
+        self._note_full(now, f"{self.peer} has no free memory qubit")
 
     def _request_from(self, msg: QueueAdd) -> Request:
         try:

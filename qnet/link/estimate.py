@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qnet.physical.channel_core import memory_noise
 from qnet.physical.gates import BELL_PROJECTORS, CNOT, GateName, Matrix, gate_matrix, rx
 from qnet.physical.heralding import HeraldingModel, fibre_delay_ns, heralding_model
 from qnet.physical.params import LinkParams, NodeParams, Scheme
@@ -56,19 +57,11 @@ def werner_fidelity(f0: float, rate_hz: float, t_ns: int) -> float:
 
 
 def memory_factors(params: NodeParams, t_ns: int) -> tuple[float, float, float]:
-    """(damping γ, extra coherence factor, depolarising p) for ``t_ns`` idle, as the backend
-    splits them: T1 already shrinks coherences by e^(−t/2T1), dephasing does the rest."""
+    """(damping γ, extra coherence factor, depolarising p) for ``t_ns`` idle: the backend's own
+    model (``channel_core.memory_noise``), so estimates follow the state exactly."""
     if t_ns <= 0 or not params.noisy_memory:
         return 0.0, 1.0, 0.0
-    t = t_ns * 1e-9
-    damping = -math.expm1(-t / params.t1_s) if params.t1_s > 0 else 0.0
-    coherence = 1.0
-    if params.t2_s > 0:
-        rest = t / params.t2_s - (t / (2 * params.t1_s) if params.t1_s > 0 else 0.0)
-        coherence = math.exp(-rest)
-    rate = params.memory_depolar_rate_hz
-    depolar = -math.expm1(-t * rate) if rate > 0 else 0.0
-    return damping, coherence, depolar
+    return memory_noise(params, t_ns * 1e-9)
 
 
 def decay(rho: Matrix, side: int, params: NodeParams, t_ns: int) -> Matrix:
@@ -106,7 +99,9 @@ _CORRECTIONS: dict[int, tuple[GateName, ...]] = {
     0: (),
     1: (GateName.X,),
     2: (GateName.Z,),
-    3: (GateName.X, GateName.Z),
+    # (X Z)† = Z X = −iY: one gate instead of two, so Ψ− pays no more gate noise than Ψ+ (the
+    # planner assumes one correction gate).
+    3: (GateName.Y,),
 }
 
 

@@ -73,8 +73,10 @@ def memory_noise(params: NodeParams, idle_s: float) -> tuple[float, float, float
     depolar = rate_d / total * (1 - d) if total > 0 else 0.0
     damping = 1 - d / (1 - depolar) if rate_1 > 0 else 0.0
     remaining = math.exp(-idle_s * (rate_2 + rate_d))
-    coherence = remaining / (math.sqrt(1 - damping) * (1 - depolar))
-    return damping, min(coherence, 1.0), depolar
+    # Over very long times damping or depolarising reach 1 and no coherence is left to scale.
+    left = math.sqrt(max(1 - damping, 0.0)) * (1 - depolar)
+    coherence = min(remaining / left, 1.0) if left > 0 else 0.0
+    return damping, coherence, depolar
 
 
 def link_id(a: str, b: str) -> str:
