@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from qnet.errors import QnetError
 from qnet.physical.params import Scheme
+
+if TYPE_CHECKING:
+    from qnet.daemon.rundir import NetworkState
+
+T = TypeVar("T")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -35,6 +43,125 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` under trio; an error group of qnet errors becomes one QnetError."""
+    try:
+        return trio.run(fn)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if all(isinstance(e, QnetError | OSError) for e in leaves):
+            raise QnetError("; ".join(str(e) for e in leaves)) from group
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    from qnet.daemon.rundir import default_run_dir
+
+    return (Path(args.run_dir) if args.run_dir else default_run_dir()).absolute()
+
+
+def _state(run_dir: Path) -> NetworkState:
+    from qnet.daemon.rundir import RunDir
+
+    state = RunDir(run_dir).read_state()
+    if state is None:
+        raise QnetError(
+            f"no network is running from {run_dir} (no state file there);"
+            " start one with `qnet up TOPOLOGY`"
+        )
+    return state
+
+
+def _up(args: argparse.Namespace) -> int:
+    from qnet.daemon.launcher import up
+    from qnet.daemon.report import format_up
+
+    topology = Path(args.topology).resolve()
+    result = _run(
+        lambda: up(
+            topology,
+            _run_dir(args),
+            time_scale=args.time_scale,
+            timeout_s=args.timeout,
+            log_level=args.log_level,
+        )
+    )
+    print(format_up(result))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from qnet.daemon.launcher import down
+    from qnet.daemon.report import format_down
+
+    run_dir = _run_dir(args)
+    print(format_down(_run(lambda: down(run_dir)), str(run_dir)))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from qnet.daemon.report import format_status, gather_status
+
+    state = _state(_run_dir(args))
+    rows = _run(lambda: gather_status(state))
+    print(format_status(state, rows))
+    return 0 if all(r.healthy for r in rows) else 1
+
+
+def _links(args: argparse.Namespace) -> int:
+    from qnet.daemon.report import format_links, gather_links
+
+    state = _state(_run_dir(args))
+    rows, failures = _run(lambda: gather_links(state))
+    print(format_links(state, rows, failures))
+    return 0 if not failures else 1
+
+
+def _add_run_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-dir",
+        help="where the network's state, PIDs and logs are kept"
+        " (default: $QNET_RUN_DIR, else .qnet-run in the current directory)",
+    )
+
+
+def _add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser(
+        "up",
+        help="start a network of local daemons from a topology file",
+        description="Start qnet-channeld and one qnetd per node as local processes, wait"
+        " until all are healthy and linked, print them, record addresses, PIDs and logs in"
+        " the run directory, and return (the daemons keep running).",
+    )
+    up.add_argument("topology", help="topology file (TOML)")
+    _add_run_dir(up)
+    up.add_argument(
+        "--time-scale",
+        type=float,
+        help="physical seconds per wall second (default: the topology's [network] time_scale)",
+    )
+    up.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds allowed to start (default 30)"
+    )
+    up.add_argument("--log-level", default="INFO", help="daemons' log level (default INFO)")
+    up.set_defaults(run=_up)
+    down = sub.add_parser("down", help="stop the network of the run directory")
+    _add_run_dir(down)
+    down.set_defaults(run=_down)
+    status = sub.add_parser("status", help="each daemon's health, PID, uptime and memory in use")
+    _add_run_dir(status)
+    status.set_defaults(run=_status)
+    links = sub.add_parser("links", help="per link: pairs, generation rate and fidelity so far")
+    _add_run_dir(links)
+    links.set_defaults(run=_links)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qnet", description="qnet: a quantum internet stack")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
+    _add_network_commands(sub)
     return parser
 
 
@@ -63,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = args.run(args)
-    except QnetError as exc:
+    except (QnetError, OSError) as exc:
         print(f"qnet: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

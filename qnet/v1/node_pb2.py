@@ -22,23 +22,82 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from qnet.v1 import channel_pb2 as qnet_dot_v1_dot_channel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12qnet/v1/node.proto\x12\x07qnet.v1\"-\n\x11NodeHealthRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"M\n\x12NodeHealthResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x0c\n\x04node\x18\x03 \x01(\t\")\n\rStatusRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\x92\x01\n\x0eStatusResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x1b\n\x13memory_qubits_total\x18\x05 \x01(\r\x12\x1c\n\x14memory_qubits_in_use\x18\x06 \x01(\r2\x89\x01\n\tNodeAdmin\x12\x41\n\x06Health\x12\x1a.qnet.v1.NodeHealthRequest\x1a\x1b.qnet.v1.NodeHealthResponse\x12\x39\n\x06Status\x12\x16.qnet.v1.StatusRequest\x1a\x17.qnet.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12qnet/v1/node.proto\x12\x07qnet.v1\x1a\x15qnet/v1/channel.proto\"-\n\x11NodeHealthRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"M\n\x12NodeHealthResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x0c\n\x04node\x18\x03 \x01(\t\"W\n\x0fNeighbourStatus\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nlast_error\x18\x04 \x01(\t\")\n\rStatusRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\xc6\x02\n\x0eStatusResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x1b\n\x13memory_qubits_total\x18\x05 \x01(\r\x12\x1c\n\x14memory_qubits_in_use\x18\x06 \x01(\r\x12,\n\nneighbours\x18\x07 \x03(\x0b\x32\x18.qnet.v1.NeighbourStatus\x12\x1f\n\x17qubits_held_for_clients\x18\x08 \x01(\r\x12\x1d\n\x15resident_memory_bytes\x18\t \x01(\x04\x12\x0f\n\x07network\x18\n \x01(\t\x12\x0f\n\x07\x63hannel\x18\x0b \x01(\t\x12\x0e\n\x06now_ns\x18\x0c \x01(\x04\x12\x12\n\ntime_scale\x18\r \x01(\x01\"\x99\x01\n\x0fSetPeersRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12:\n\taddresses\x18\x02 \x03(\x0b\x32\'.qnet.v1.SetPeersRequest.AddressesEntry\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x10SetPeersResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"O\n\x11WaitLinkedRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\x12\r\n\x05peers\x18\x03 \x03(\t\"l\n\x12WaitLinkedResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06linked\x18\x02 \x01(\x08\x12,\n\nneighbours\x18\x03 \x03(\x0b\x32\x18.qnet.v1.NeighbourStatus\"\x9f\x01\n\tLinkStats\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07link_id\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07heralds\x18\x04 \x01(\x04\x12\x17\n\x0fpairs_delivered\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\x0f\n\x07rate_hz\x18\x07 \x01(\x01\x12\x15\n\rmean_fidelity\x18\x08 \x01(\x01\"(\n\x0cLinksRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"Z\n\rLinksResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12!\n\x05links\x18\x03 \x03(\x0b\x32\x12.qnet.v1.LinkStats\"\x90\x02\n\x0cPeerCounters\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06queued\x18\x04 \x01(\x04\x12\x15\n\rmessages_sent\x18\x05 \x01(\x04\x12\x14\n\x0c\x62\x61tches_sent\x18\x06 \x01(\x04\x12\x19\n\x11messages_received\x18\x07 \x01(\x04\x12\x18\n\x10\x62\x61tches_received\x18\x08 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\t \x01(\x04\x12\x11\n\tmalformed\x18\n \x01(\x04\x12\x10\n\x08\x63onnects\x18\x0b \x01(\x04\x12\x12\n\nreconnects\x18\x0c \x01(\x04\x12\x12\n\nlast_error\x18\r \x01(\t\"+\n\x0f\x43ountersRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\x92\x01\n\x10\x43ountersResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12$\n\x05peers\x18\x03 \x03(\x0b\x32\x15.qnet.v1.PeerCounters\x12\x17\n\x0frefused_streams\x18\x04 \x01(\x04\x12\x17\n\x0fprotocol_errors\x18\x05 \x01(\x04\"\xdf\x01\n\x11LinkCreateRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06remote\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\r\x12\x14\n\x0cmin_fidelity\x18\x04 \x01(\x01\x12\x13\n\x0bmax_time_ns\x18\x05 \x01(\x04\x12\x1f\n\x04kind\x18\x06 \x01(\x0e\x32\x11.qnet.v1.PairKind\x12!\n\x05\x62\x61sis\x18\x07 \x01(\x0e\x32\x12.qnet.v1.LinkBasis\x12\x0f\n\x07purpose\x18\x08 \x01(\x03\x12\x10\n\x08priority\x18\t \x01(\x03\";\n\x11LinkEventsRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04peer\x18\x02 \x01(\t\"1\n\x0cLinkAccepted\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tcreate_id\x18\x02 \x01(\x04\"\xa2\x02\n\x06LinkOk\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tcreate_id\x18\x02 \x01(\x04\x12\x0f\n\x07purpose\x18\x03 \x01(\x03\x12\x0f\n\x07link_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x1f\n\x04kind\x18\x06 \x01(\x0e\x32\x11.qnet.v1.PairKind\x12\r\n\x05qubit\x18\x07 \x01(\x04\x12\x0f\n\x07outcome\x18\x08 \x01(\r\x12\x1d\n\x05\x62\x61sis\x18\t \x01(\x0e\x32\x0e.qnet.v1.Basis\x12\x12\n\nbell_index\x18\n \x01(\r\x12\x19\n\x11\x66idelity_estimate\x18\x0b \x01(\x01\x12\x18\n\x10\x65stimate_time_ns\x18\x0c \x01(\x04\x12\x18\n\x10index_in_request\x18\r \x01(\r\"\'\n\x08SeqRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"\x88\x01\n\x07LinkErr\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tcreate_id\x18\x02 \x01(\x04\x12$\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x16.qnet.v1.LinkErrorCode\x12$\n\tseq_range\x18\x04 \x01(\x0b\x32\x11.qnet.v1.SeqRange\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x1e\n\x0eLinkSubscribed\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xc8\x01\n\tLinkEvent\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12)\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x15.qnet.v1.LinkAcceptedH\x00\x12\x1d\n\x02ok\x18\x03 \x01(\x0b\x32\x0f.qnet.v1.LinkOkH\x00\x12\x1f\n\x03\x65rr\x18\x04 \x01(\x0b\x32\x10.qnet.v1.LinkErrH\x00\x12-\n\nsubscribed\x18\x05 \x01(\x0b\x32\x17.qnet.v1.LinkSubscribedH\x00\x42\x07\n\x05\x65vent\"]\n\x13MeasureQubitRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05qubit\x18\x02 \x01(\x04\x12\x1d\n\x05\x62\x61sis\x18\x03 \x01(\x0e\x32\x0e.qnet.v1.Basis\"A\n\x14MeasureQubitResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07outcome\x18\x02 \x01(\r\"=\n\x11\x46reeQubitsRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06qubits\x18\x02 \x03(\x04\".\n\x12\x46reeQubitsResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r*P\n\x08PairKind\x12\x19\n\x15PAIR_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0ePAIR_KIND_KEEP\x10\x01\x12\x15\n\x11PAIR_KIND_MEASURE\x10\x02*t\n\tLinkBasis\x12\x1a\n\x16LINK_BASIS_UNSPECIFIED\x10\x00\x12\x10\n\x0cLINK_BASIS_Z\x10\x01\x12\x10\n\x0cLINK_BASIS_X\x10\x02\x12\x10\n\x0cLINK_BASIS_Y\x10\x03\x12\x15\n\x11LINK_BASIS_RANDOM\x10\x04*\xc6\x01\n\rLinkErrorCode\x12\x1f\n\x1bLINK_ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bLINK_ERROR_CODE_UNSUPPORTED\x10\x01\x12\x1b\n\x17LINK_ERROR_CODE_TIMEOUT\x10\x02\x12\x1b\n\x17LINK_ERROR_CODE_EXPIRED\x10\x03\x12\x1d\n\x19LINK_ERROR_CODE_NO_MEMORY\x10\x04\x12\x1a\n\x16LINK_ERROR_CODE_DENIED\x10\x05\x32\x8a\x03\n\tNodeAdmin\x12\x41\n\x06Health\x12\x1a.qnet.v1.NodeHealthRequest\x1a\x1b.qnet.v1.NodeHealthResponse\x12\x39\n\x06Status\x12\x16.qnet.v1.StatusRequest\x1a\x17.qnet.v1.StatusResponse\x12?\n\x08SetPeers\x12\x18.qnet.v1.SetPeersRequest\x1a\x19.qnet.v1.SetPeersResponse\x12\x45\n\nWaitLinked\x12\x1a.qnet.v1.WaitLinkedRequest\x1a\x1b.qnet.v1.WaitLinkedResponse\x12\x36\n\x05Links\x12\x15.qnet.v1.LinksRequest\x1a\x16.qnet.v1.LinksResponse\x12?\n\x08\x43ounters\x12\x18.qnet.v1.CountersRequest\x1a\x19.qnet.v1.CountersResponse2\x9f\x02\n\tLinkLayer\x12>\n\nLinkCreate\x12\x1a.qnet.v1.LinkCreateRequest\x1a\x12.qnet.v1.LinkEvent0\x01\x12>\n\nLinkEvents\x12\x1a.qnet.v1.LinkEventsRequest\x1a\x12.qnet.v1.LinkEvent0\x01\x12K\n\x0cMeasureQubit\x12\x1c.qnet.v1.MeasureQubitRequest\x1a\x1d.qnet.v1.MeasureQubitResponse\x12\x45\n\nFreeQubits\x12\x1a.qnet.v1.FreeQubitsRequest\x1a\x1b.qnet.v1.FreeQubitsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qnet.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEHEALTHREQUEST']._serialized_start=31
-  _globals['_NODEHEALTHREQUEST']._serialized_end=76
-  _globals['_NODEHEALTHRESPONSE']._serialized_start=78
-  _globals['_NODEHEALTHRESPONSE']._serialized_end=155
-  _globals['_STATUSREQUEST']._serialized_start=157
-  _globals['_STATUSREQUEST']._serialized_end=198
-  _globals['_STATUSRESPONSE']._serialized_start=201
-  _globals['_STATUSRESPONSE']._serialized_end=347
-  _globals['_NODEADMIN']._serialized_start=350
-  _globals['_NODEADMIN']._serialized_end=487
+  _globals['_SETPEERSREQUEST_ADDRESSESENTRY']._loaded_options = None
+  _globals['_SETPEERSREQUEST_ADDRESSESENTRY']._serialized_options = b'8\001'
+  _globals['_PAIRKIND']._serialized_start=3118
+  _globals['_PAIRKIND']._serialized_end=3198
+  _globals['_LINKBASIS']._serialized_start=3200
+  _globals['_LINKBASIS']._serialized_end=3316
+  _globals['_LINKERRORCODE']._serialized_start=3319
+  _globals['_LINKERRORCODE']._serialized_end=3517
+  _globals['_NODEHEALTHREQUEST']._serialized_start=54
+  _globals['_NODEHEALTHREQUEST']._serialized_end=99
+  _globals['_NODEHEALTHRESPONSE']._serialized_start=101
+  _globals['_NODEHEALTHRESPONSE']._serialized_end=178
+  _globals['_NEIGHBOURSTATUS']._serialized_start=180
+  _globals['_NEIGHBOURSTATUS']._serialized_end=267
+  _globals['_STATUSREQUEST']._serialized_start=269
+  _globals['_STATUSREQUEST']._serialized_end=310
+  _globals['_STATUSRESPONSE']._serialized_start=313
+  _globals['_STATUSRESPONSE']._serialized_end=639
+  _globals['_SETPEERSREQUEST']._serialized_start=642
+  _globals['_SETPEERSREQUEST']._serialized_end=795
+  _globals['_SETPEERSREQUEST_ADDRESSESENTRY']._serialized_start=747
+  _globals['_SETPEERSREQUEST_ADDRESSESENTRY']._serialized_end=795
+  _globals['_SETPEERSRESPONSE']._serialized_start=797
+  _globals['_SETPEERSRESPONSE']._serialized_end=841
+  _globals['_WAITLINKEDREQUEST']._serialized_start=843
+  _globals['_WAITLINKEDREQUEST']._serialized_end=922
+  _globals['_WAITLINKEDRESPONSE']._serialized_start=924
+  _globals['_WAITLINKEDRESPONSE']._serialized_end=1032
+  _globals['_LINKSTATS']._serialized_start=1035
+  _globals['_LINKSTATS']._serialized_end=1194
+  _globals['_LINKSREQUEST']._serialized_start=1196
+  _globals['_LINKSREQUEST']._serialized_end=1236
+  _globals['_LINKSRESPONSE']._serialized_start=1238
+  _globals['_LINKSRESPONSE']._serialized_end=1328
+  _globals['_PEERCOUNTERS']._serialized_start=1331
+  _globals['_PEERCOUNTERS']._serialized_end=1603
+  _globals['_COUNTERSREQUEST']._serialized_start=1605
+  _globals['_COUNTERSREQUEST']._serialized_end=1648
+  _globals['_COUNTERSRESPONSE']._serialized_start=1651
+  _globals['_COUNTERSRESPONSE']._serialized_end=1797
+  _globals['_LINKCREATEREQUEST']._serialized_start=1800
+  _globals['_LINKCREATEREQUEST']._serialized_end=2023
+  _globals['_LINKEVENTSREQUEST']._serialized_start=2025
+  _globals['_LINKEVENTSREQUEST']._serialized_end=2084
+  _globals['_LINKACCEPTED']._serialized_start=2086
+  _globals['_LINKACCEPTED']._serialized_end=2135
+  _globals['_LINKOK']._serialized_start=2138
+  _globals['_LINKOK']._serialized_end=2428
+  _globals['_SEQRANGE']._serialized_start=2430
+  _globals['_SEQRANGE']._serialized_end=2469
+  _globals['_LINKERR']._serialized_start=2472
+  _globals['_LINKERR']._serialized_end=2608
+  _globals['_LINKSUBSCRIBED']._serialized_start=2610
+  _globals['_LINKSUBSCRIBED']._serialized_end=2640
+  _globals['_LINKEVENT']._serialized_start=2643
+  _globals['_LINKEVENT']._serialized_end=2843
+  _globals['_MEASUREQUBITREQUEST']._serialized_start=2845
+  _globals['_MEASUREQUBITREQUEST']._serialized_end=2938
+  _globals['_MEASUREQUBITRESPONSE']._serialized_start=2940
+  _globals['_MEASUREQUBITRESPONSE']._serialized_end=3005
+  _globals['_FREEQUBITSREQUEST']._serialized_start=3007
+  _globals['_FREEQUBITSREQUEST']._serialized_end=3068
+  _globals['_FREEQUBITSRESPONSE']._serialized_start=3070
+  _globals['_FREEQUBITSRESPONSE']._serialized_end=3116
+  _globals['_NODEADMIN']._serialized_start=3520
+  _globals['_NODEADMIN']._serialized_end=3914
+  _globals['_LINKLAYER']._serialized_start=3917
+  _globals['_LINKLAYER']._serialized_end=4204
 # @@protoc_insertion_point(module_scope)

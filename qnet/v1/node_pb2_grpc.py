@@ -44,6 +44,26 @@ class NodeAdminStub:
                 request_serializer=qnet_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
                 response_deserializer=qnet_dot_v1_dot_node__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.SetPeers = channel.unary_unary(
+                '/qnet.v1.NodeAdmin/SetPeers',
+                request_serializer=qnet_dot_v1_dot_node__pb2.SetPeersRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.SetPeersResponse.FromString,
+                _registered_method=True)
+        self.WaitLinked = channel.unary_unary(
+                '/qnet.v1.NodeAdmin/WaitLinked',
+                request_serializer=qnet_dot_v1_dot_node__pb2.WaitLinkedRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.WaitLinkedResponse.FromString,
+                _registered_method=True)
+        self.Links = channel.unary_unary(
+                '/qnet.v1.NodeAdmin/Links',
+                request_serializer=qnet_dot_v1_dot_node__pb2.LinksRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.LinksResponse.FromString,
+                _registered_method=True)
+        self.Counters = channel.unary_unary(
+                '/qnet.v1.NodeAdmin/Counters',
+                request_serializer=qnet_dot_v1_dot_node__pb2.CountersRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.CountersResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAdminServicer:
@@ -61,6 +81,37 @@ class NodeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPeers(self, request, context):
+        """Tell the daemon where its neighbours listen (their ports are picked at start-up). Only
+        neighbours of the topology are accepted; all addresses are checked before any is applied.
+        A changed address is dialed at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitLinked(self, request, context):
+        """Wait (bounded by `timeout_s`) until this node's streams to the named neighbours (default:
+        all) are connected; answers early as soon as they are, `linked` false on timeout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Links(self, request, context):
+        """Per link: what the link layer generated and delivered so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Counters(self, request, context):
+        """Per neighbour: the Peer transport's counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +124,26 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=qnet_dot_v1_dot_node__pb2.StatusRequest.FromString,
                     response_serializer=qnet_dot_v1_dot_node__pb2.StatusResponse.SerializeToString,
+            ),
+            'SetPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPeers,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.SetPeersRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.SetPeersResponse.SerializeToString,
+            ),
+            'WaitLinked': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitLinked,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.WaitLinkedRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.WaitLinkedResponse.SerializeToString,
+            ),
+            'Links': grpc.unary_unary_rpc_method_handler(
+                    servicer.Links,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.LinksRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.LinksResponse.SerializeToString,
+            ),
+            'Counters': grpc.unary_unary_rpc_method_handler(
+                    servicer.Counters,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.CountersRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.CountersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +200,335 @@ class NodeAdmin:
             '/qnet.v1.NodeAdmin/Status',
             qnet_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
             qnet_dot_v1_dot_node__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.NodeAdmin/SetPeers',
+            qnet_dot_v1_dot_node__pb2.SetPeersRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.SetPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitLinked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.NodeAdmin/WaitLinked',
+            qnet_dot_v1_dot_node__pb2.WaitLinkedRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.WaitLinkedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Links(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.NodeAdmin/Links',
+            qnet_dot_v1_dot_node__pb2.LinksRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.LinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Counters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.NodeAdmin/Counters',
+            qnet_dot_v1_dot_node__pb2.CountersRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.CountersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LinkLayerStub:
+    """--- link layer --------------------------------------------------------------------------
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LinkCreate = channel.unary_stream(
+                '/qnet.v1.LinkLayer/LinkCreate',
+                request_serializer=qnet_dot_v1_dot_node__pb2.LinkCreateRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.LinkEvent.FromString,
+                _registered_method=True)
+        self.LinkEvents = channel.unary_stream(
+                '/qnet.v1.LinkLayer/LinkEvents',
+                request_serializer=qnet_dot_v1_dot_node__pb2.LinkEventsRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.LinkEvent.FromString,
+                _registered_method=True)
+        self.MeasureQubit = channel.unary_unary(
+                '/qnet.v1.LinkLayer/MeasureQubit',
+                request_serializer=qnet_dot_v1_dot_node__pb2.MeasureQubitRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.MeasureQubitResponse.FromString,
+                _registered_method=True)
+        self.FreeQubits = channel.unary_unary(
+                '/qnet.v1.LinkLayer/FreeQubits',
+                request_serializer=qnet_dot_v1_dot_node__pb2.FreeQubitsRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.FreeQubitsResponse.FromString,
+                _registered_method=True)
+
+
+class LinkLayerServicer:
+    """--- link layer --------------------------------------------------------------------------
+
+    """
+
+    def LinkCreate(self, request, context):
+        """A link-layer CREATE towards the neighbour `remote`. The stream starts with `accepted`
+        (naming the request), then carries the request's OKs in order until `number` OKs or one
+        ERR, then ends. Ending the call early stops delivery to this client: later KEEP qubits of
+        the request are freed, not held. A malformed request fails with INVALID_ARGUMENT, an
+        unknown neighbour with NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkEvents(self, request, context):
+        """Every OK and ERR on the link to `peer` of requests this node did not issue (the other
+        end's CREATEs), from now on, until the call ends. The stream starts with `subscribed`
+        once events are being collected for it (so a client can then ask the other end to
+        CREATE without missing any). KEEP qubits delivered while at least one such stream is
+        open are held for clients (every such stream sees them; the first MeasureQubit or
+        FreeQubits wins); otherwise they are freed at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MeasureQubit(self, request, context):
+        """Measure (and free) a KEEP qubit held for clients. NOT_FOUND if it is not held (never
+        delivered, or already measured or freed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreeQubits(self, request, context):
+        """Free KEEP qubits held for clients; all are checked before any is freed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LinkLayerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LinkCreate': grpc.unary_stream_rpc_method_handler(
+                    servicer.LinkCreate,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.LinkCreateRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.LinkEvent.SerializeToString,
+            ),
+            'LinkEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.LinkEvents,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.LinkEventsRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.LinkEvent.SerializeToString,
+            ),
+            'MeasureQubit': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureQubit,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.MeasureQubitRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.MeasureQubitResponse.SerializeToString,
+            ),
+            'FreeQubits': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreeQubits,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.FreeQubitsRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.FreeQubitsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qnet.v1.LinkLayer', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qnet.v1.LinkLayer', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LinkLayer:
+    """--- link layer --------------------------------------------------------------------------
+
+    """
+
+    @staticmethod
+    def LinkCreate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/qnet.v1.LinkLayer/LinkCreate',
+            qnet_dot_v1_dot_node__pb2.LinkCreateRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.LinkEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/qnet.v1.LinkLayer/LinkEvents',
+            qnet_dot_v1_dot_node__pb2.LinkEventsRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.LinkEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureQubit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.LinkLayer/MeasureQubit',
+            qnet_dot_v1_dot_node__pb2.MeasureQubitRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.MeasureQubitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreeQubits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnet.v1.LinkLayer/FreeQubits',
+            qnet_dot_v1_dot_node__pb2.FreeQubitsRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.FreeQubitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

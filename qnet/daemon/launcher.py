@@ -1,0 +1,376 @@
+"""``qnet up`` and ``qnet down``: a whole network as local daemon processes.
+
+``up`` starts qnet-channeld and one qnetd per node at the same time (each daemon waits, bounded,
+for the backend to accept connections, so nobody waits for a sequential start), each in its own
+session so that it outlives the launcher, with stdout on a pipe for its readiness line and
+stderr in ``logs/`` of the run directory. Once every daemon is ready it tells each node its
+neighbours' addresses (NodeAdmin.SetPeers) and waits until every node's streams to its
+neighbours are connected (NodeAdmin.WaitLinked, an event on the daemon's side, not a poll).
+Any failure on the way stops every daemon it started and names what went wrong.
+
+``down`` stops the recorded daemons by PID: SIGTERM (nodes first, then the backend), a bounded
+wait for each exit, SIGKILL for leftovers, a check that each PID is gone, then the state file
+is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from qnet.daemon import procs
+from qnet.daemon.rundir import (
+    CHANNEL_PROGRAM,
+    NODE_PROGRAM,
+    DaemonRecord,
+    NetworkState,
+    RunDir,
+    running_daemons,
+)
+from qnet.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Timeout,
+    Unreachable,
+)
+from qnet.topology import Topology, load_topology
+
+#: Default bound on the whole of ``qnet up`` (start, readiness, links).
+UP_TIMEOUT_S = 30.0
+#: ``qnet down``: how long daemons get to exit after SIGTERM, and after SIGKILL.
+STOP_GRACE_S = 5.0
+KILL_WAIT_S = 2.0
+_LOG_TAIL_LINES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class UpResult:
+    state: NetworkState
+    run_dir: Path
+    elapsed_s: float
+    notes: tuple[str, ...]
+
+
+def _program(name: str, module: str) -> list[str]:
+    """The installed console script beside this interpreter, else ``python -m module``; either
+    way ``ps`` shows the program name and its arguments."""
+    script = Path(sys.executable).parent / name
+    if script.is_file() and os.access(script, os.X_OK):
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", module]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_port_free(host: str, port: int, what: str, topology: Topology) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # The same option the gRPC server sets: only a live listener makes the port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise FailedPrecondition(
+                f"{what}: port {port} on {host} (from {topology.source or 'the topology'})"
+                f" is not available: {reason}"
+            ) from None
+
+
+def _free_port(host: str) -> int:
+    """A port that is free now. The backend binds it a moment later; should another process
+    take it in between, the backend fails to start and ``up`` says so."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _log_tail(path: str) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(lines[-_LOG_TAIL_LINES:])
+
+
+@dataclass(eq=False)
+class _Child:
+    record: DaemonRecord
+    proc: trio.Process
+
+
+class _Launch:
+    """The daemons of one ``qnet up``, and the state file that records them."""
+
+    def __init__(self, run_dir: RunDir, state: NetworkState, deadline: float) -> None:
+        self.run_dir = run_dir
+        self.state = state
+        self.deadline = deadline
+        self.children: list[_Child] = []
+
+    async def spawn(self, name: str, program: str, argv: list[str]) -> _Child:
+        log = self.run_dir.log_path(name, program)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as err:
+            proc = await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,  # its own session: it outlives `qnet up`
+            )
+        record = DaemonRecord(name, program, proc.pid, procs.start_time(proc.pid), str(log))
+        child = _Child(record, proc)
+        self.children.append(child)
+        self._record(record)
+        return child
+
+    def _record(self, record: DaemonRecord) -> None:
+        if record.program == CHANNEL_PROGRAM:
+            self.state.channel = record
+        else:
+            self.state.nodes[record.name] = record
+        self.run_dir.write_state(self.state)
+
+    async def wait_ready(self, child: _Child) -> None:
+        """Read the child's readiness line; record its address."""
+        what = f"{child.record.program} {child.record.name}"
+        if child.record.program == CHANNEL_PROGRAM:
+            what = CHANNEL_PROGRAM
+        stdout = child.proc.stdout
+        assert stdout is not None
+        buf = b""
+        with trio.move_on_at(self.deadline) as wait:
+            while b"\n" not in buf:
+                chunk = await stdout.receive_some(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        await stdout.aclose()
+        if wait.cancelled_caught:
+            raise Timeout(
+                f"{what} (pid {child.proc.pid}) did not report ready in time;"
+                f" log {child.record.log}: {_log_tail(child.record.log)}"
+            )
+        if b"\n" not in buf:
+            with trio.move_on_after(STOP_GRACE_S):
+                await child.proc.wait()
+            raise Unreachable(
+                f"{what} exited (code {child.proc.returncode}) before it was ready;"
+                f" log {child.record.log}: {_log_tail(child.record.log)}"
+            )
+        words = buf.split(b"\n", 1)[0].decode(errors="replace").split()
+        if len(words) < 4 or words[1:3] != ["ready", "on"]:
+            raise Unreachable(f"{what} printed {buf!r} instead of its readiness line")
+        child.record = replace(child.record, address=words[3])
+        self._record(child.record)
+
+    async def stop_all(self) -> None:
+        """Stop every child (the launcher is still their parent: it reaps them)."""
+        with trio.CancelScope(shield=True):
+            for child in self.children:
+                if child.proc.returncode is None:
+                    child.proc.terminate()
+            with trio.move_on_after(STOP_GRACE_S):
+                for child in self.children:
+                    await child.proc.wait()
+            for child in self.children:
+                if child.proc.returncode is None:
+                    child.proc.kill()
+                    await child.proc.wait()
+
+
+def clear_previous(rd: RunDir) -> list[str]:
+    """Refuse if a network recorded in ``rd`` still runs; remove a stale record (with a note).
+    Call with the lock held."""
+    old = rd.read_state()
+    if old is None:
+        return []
+    live = running_daemons(old)
+    if live:
+        pids = ", ".join(f"{d.name} {d.pid}" for d in live[:4])
+        raise AlreadyExists(
+            f"network {old.network!r} is already running from {rd.path}"
+            f" ({len(live)} daemons alive: {pids}{', …' if len(live) > 4 else ''});"
+            f" stop it first with `qnet down --run-dir {rd.path}`"
+        )
+    rd.remove_state()
+    return [
+        f"removed the stale state of network {old.network!r} from {rd.state_file}"
+        " (none of its daemons was running)"
+    ]
+
+
+async def up(
+    topology_path: Path,
+    run_dir: Path,
+    *,
+    time_scale: float | None = None,
+    timeout_s: float = UP_TIMEOUT_S,
+    log_level: str = "INFO",
+) -> UpResult:
+    """Start the network of ``topology_path`` (absolute: the daemons read it too); return once
+    it is healthy and linked."""
+    started = time.monotonic()
+    if not topology_path.is_absolute():
+        raise InvalidArgument(f"the topology path must be absolute, got {topology_path}")
+    topology = load_topology(topology_path)
+    rd = RunDir(run_dir)
+    with rd.lock():
+        notes = clear_previous(rd)
+        chan = topology.channel
+        if chan.port:
+            _check_port_free(chan.host, chan.port, "qnet-channeld", topology)
+        for spec in topology.nodes:
+            if spec.port:
+                _check_port_free(spec.host, spec.port, f"node {spec.name}", topology)
+        scale = topology.time_scale if time_scale is None else time_scale
+        state = NetworkState(
+            network=topology.name,
+            topology=str(topology_path),
+            time_scale=scale,
+            started_at=time.time(),
+            launcher_pid=os.getpid(),
+        )
+        launch = _Launch(rd, state, trio.current_time() + timeout_s)
+        try:
+            await _start(launch, topology, topology_path, scale, timeout_s, log_level)
+        except BaseException:
+            await launch.stop_all()
+            rd.remove_state()
+            raise
+        state.status = "up"
+        rd.write_state(state)
+    return UpResult(state, rd.path, time.monotonic() - started, tuple(notes))
+
+
+async def _start(
+    launch: _Launch,
+    topology: Topology,
+    topology_path: Path,
+    scale: float,
+    timeout_s: float,
+    log_level: str,
+) -> None:
+    chan = topology.channel
+    channel_address = _address(chan.host, chan.port or _free_port(chan.host))
+    channel_argv = [
+        *_program(CHANNEL_PROGRAM, "qnet.daemons.channeld"),
+        *("--host", chan.host, "--port", channel_address.rsplit(":", 1)[1]),
+        *("--seed", str(topology.seed), "--time-scale", repr(scale)),
+        *("--max-group-qubits", str(topology.max_group_qubits), "--log-level", log_level),
+    ]
+    children = [await launch.spawn("channel", CHANNEL_PROGRAM, channel_argv)]
+    for spec in topology.nodes:
+        argv = [
+            *_program(NODE_PROGRAM, "qnet.daemons.qnetd"),
+            *("--node", spec.name, "--topology", str(topology_path)),
+            *("--channel", channel_address, "--channel-timeout", f"{timeout_s:g}"),
+            *("--log-level", log_level),
+        ]
+        children.append(await launch.spawn(spec.name, NODE_PROGRAM, argv))
+    from qnet.daemon import control  # while the daemons start, not after
+
+    ready = {child.record.name: trio.Event() for child in children}
+    problems: list[str] = []
+
+    async def start_one(child: _Child) -> None:
+        await launch.wait_ready(child)
+        ready[child.record.name].set()
+
+    async def link_one(name: str) -> None:
+        """Once the node and its neighbours are ready: tell it their addresses and wait
+        until its streams to them are up (linking overlaps the start of other daemons)."""
+        neighbours = topology.neighbours(name)
+        for peer in (name, *neighbours):
+            await ready[peer].wait()
+        nodes = launch.state.nodes
+        async with control.open_daemon_client(nodes[name].address) as client:
+            await client.set_peers({p: nodes[p].address for p in neighbours})
+            remaining = max(launch.deadline - trio.current_time(), 0.0)
+            resp = await client.wait_linked(remaining)
+        if not resp.linked:
+            down = [
+                f"{n.peer} ({n.last_error or 'no answer yet'})"
+                for n in resp.neighbours
+                if not n.connected
+            ]
+            problems.append(f"{name} is not linked to {', '.join(down)}")
+
+    with trio.move_on_at(launch.deadline + 1.0) as wait:
+        async with trio.open_nursery() as nursery:
+            for child in children:
+                nursery.start_soon(start_one, child)
+            for spec in topology.nodes:
+                nursery.start_soon(link_one, spec.name)
+    if wait.cancelled_caught:
+        problems.append("the daemons did not answer WaitLinked in time")
+    if problems:
+        raise Timeout("the network did not link up in time: " + "; ".join(sorted(problems)))
+
+
+@dataclass(frozen=True, slots=True)
+class DownResult:
+    network: str | None
+    stopped: tuple[DaemonRecord, ...]
+    killed: tuple[DaemonRecord, ...]
+    already_gone: tuple[DaemonRecord, ...]
+
+
+async def down(run_dir: Path) -> DownResult:
+    """Stop the network recorded in ``run_dir``; raise if any daemon is still running."""
+    rd = RunDir(run_dir)
+    with rd.lock():
+        state = rd.read_state()
+        if state is None:
+            return DownResult(None, (), (), ())
+        live = running_daemons(state)
+        gone = tuple(d for d in state.daemons() if d not in live)
+        nodes = [d for d in live if d.program == NODE_PROGRAM]
+        others = [d for d in live if d.program != NODE_PROGRAM]
+        killed: list[DaemonRecord] = []
+        for group in (nodes, others):
+            killed += await _stop_group(group)
+        left = [d for d in live if d.running()]
+        if left:
+            names = ", ".join(f"{d.name} (pid {d.pid})" for d in left)
+            raise FailedPrecondition(
+                f"could not stop {names}; the state file {rd.state_file} is kept"
+            )
+        rd.remove_state()
+    return DownResult(state.network, tuple(live), tuple(killed), gone)
+
+
+async def _stop_group(daemons: list[DaemonRecord]) -> list[DaemonRecord]:
+    """SIGTERM each, wait (bounded) for all; SIGKILL the rest. Returns the killed ones."""
+    for d in daemons:
+        procs.send_signal(d.pid, signal.SIGTERM, d.start_time)
+    exited: dict[int, bool] = {}
+
+    async def wait(d: DaemonRecord, limit: float) -> None:
+        exited[d.pid] = await procs.wait_exit(d.pid, limit, d.start_time)
+
+    async with trio.open_nursery() as nursery:
+        for d in daemons:
+            nursery.start_soon(wait, d, STOP_GRACE_S)
+    stubborn = [d for d in daemons if not exited[d.pid]]
+    for d in stubborn:
+        procs.send_signal(d.pid, signal.SIGKILL, d.start_time)
+    async with trio.open_nursery() as nursery:
+        for d in stubborn:
+            nursery.start_soon(wait, d, KILL_WAIT_S)
+    return stubborn

@@ -1,0 +1,248 @@
+"""What ``qnet up``, ``qnet status`` and ``qnet links`` print: gathered from the daemons of a
+run directory (each RPC bounded), laid out as plain-text tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from qnet.daemon import procs
+from qnet.daemon.launcher import DownResult, UpResult
+from qnet.daemon.rundir import DaemonRecord, NetworkState
+from qnet.errors import QnetError
+from qnet.v1 import node_pb2 as pb
+
+#: Bound on each daemon's answer to ``qnet status`` and ``qnet links``.
+RPC_TIMEOUT_S = 3.0
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n else "-"
+
+
+def _duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _shown(daemons: Sequence[DaemonRecord]) -> list[DaemonRecord]:
+    """The backend first, then the nodes in topology order."""
+    return sorted(daemons, key=lambda d: d.program == "qnetd")
+
+
+def format_up(result: UpResult) -> str:
+    state = result.state
+    rows = [
+        [d.name, d.program, d.address, str(d.pid), _mib(procs.resident_bytes(d.pid)), d.log]
+        for d in _shown(state.daemons())
+    ]
+    head = (
+        f"network {state.network} is up: {len(state.nodes)} nodes healthy and linked in"
+        f" {result.elapsed_s:.2f} s (time scale {state.time_scale:g});"
+        f" run directory {result.run_dir}"
+    )
+    table = format_table(["NAME", "PROGRAM", "ADDRESS", "PID", "RSS", "LOG"], rows)
+    return "\n".join([*result.notes, head, table])
+
+
+def format_down(result: DownResult, run_dir: str) -> str:
+    if result.network is None:
+        return f"no network is recorded in {run_dir}: nothing to stop"
+    parts = [f"stopped network {result.network}: {len(result.stopped)} daemons"]
+    if result.killed:
+        parts.append("killed after the grace period: " + ", ".join(d.name for d in result.killed))
+    if result.already_gone:
+        parts.append("already exited: " + ", ".join(d.name for d in result.already_gone))
+    return "; ".join(parts)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    record: DaemonRecord
+    health: str  # healthy | starting | unreachable | exited
+    uptime_s: float | None = None
+    memory: str = "-"
+    neighbours: str = "-"
+    detail: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.health == "healthy"
+
+
+async def _node_status(record: DaemonRecord) -> StatusRow:
+    from qnet.daemon.control import open_daemon_client
+
+    if not record.running():
+        return StatusRow(record, "exited")
+    try:
+        with trio.fail_after(RPC_TIMEOUT_S):
+            async with open_daemon_client(record.address) as client:
+                st = await client.status()
+    except trio.TooSlowError:
+        return StatusRow(record, "unreachable", detail=f"no answer in {RPC_TIMEOUT_S:g} s")
+    except QnetError as exc:
+        health = "starting" if "starting" in str(exc) else "unreachable"
+        return StatusRow(record, health, detail=str(exc))
+    linked = sum(n.connected for n in st.neighbours)
+    down = [n.peer for n in st.neighbours if not n.connected]
+    return StatusRow(
+        record,
+        "healthy" if not down else "degraded",
+        uptime_s=st.uptime_s,
+        memory=f"{st.memory_qubits_in_use}/{st.memory_qubits_total}",
+        neighbours=f"{linked}/{len(st.neighbours)}",
+        detail=f"not linked to {', '.join(down)}" if down else "",
+    )
+
+
+async def _channel_status(record: DaemonRecord) -> StatusRow:
+    from qnet.channel.client import open_channel_client
+
+    if not record.running():
+        return StatusRow(record, "exited")
+    try:
+        with trio.fail_after(RPC_TIMEOUT_S):
+            async with open_channel_client(record.address) as client:
+                h = await client.health()
+    except trio.TooSlowError:
+        return StatusRow(record, "unreachable", detail=f"no answer in {RPC_TIMEOUT_S:g} s")
+    except QnetError as exc:
+        return StatusRow(record, "unreachable", detail=str(exc))
+    return StatusRow(
+        record,
+        "healthy" if h.serving else "starting",
+        uptime_s=h.uptime_s,
+        memory=f"{h.qubits_in_use} (all nodes)",
+        detail=f"{h.nodes} nodes, {h.links} links registered",
+    )
+
+
+async def gather_status(state: NetworkState) -> list[StatusRow]:
+    rows: dict[str, StatusRow] = {}
+
+    async def one(record: DaemonRecord) -> None:
+        if record.program == "qnetd":
+            rows[record.name] = await _node_status(record)
+        else:
+            rows[record.name] = await _channel_status(record)
+
+    async with trio.open_nursery() as nursery:
+        for record in state.daemons():
+            nursery.start_soon(one, record)
+    return [rows[d.name] for d in _shown(state.daemons())]
+
+
+def format_status(state: NetworkState, rows: Sequence[StatusRow]) -> str:
+    table = [
+        [
+            r.record.name,
+            r.health,
+            str(r.record.pid),
+            r.record.address,
+            _duration(r.uptime_s) if r.uptime_s is not None else "-",
+            r.memory,
+            _mib(procs.resident_bytes(r.record.pid)) if r.health != "exited" else "-",
+            r.neighbours,
+            r.detail,
+        ]
+        for r in rows
+    ]
+    healthy = sum(r.healthy for r in rows)
+    head = f"network {state.network} ({state.status}): {healthy}/{len(rows)} daemons healthy"
+    headers = ["NAME", "HEALTH", "PID", "ADDRESS", "UPTIME", "QUBITS", "RSS", "LINKED", "DETAIL"]
+    return head + "\n" + format_table(headers, table)
+
+
+# -- links -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    link_id: str
+    connected: str
+    heralds: int
+    pairs: int
+    errors: int
+    rate_hz: float
+    fidelity: float
+
+
+async def gather_links(state: NetworkState) -> tuple[list[LinkRow], list[str]]:
+    """One row per link, and the daemons that did not answer. A link's figures come from the
+    end that delivered more pairs, on a tie the one that measured a rate (only an end that
+    issued requests does)."""
+    from qnet.daemon.control import open_daemon_client
+
+    ends: dict[str, list[tuple[str, pb.LinkStats]]] = {}
+    failures: list[str] = []
+
+    async def one(record: DaemonRecord) -> None:
+        try:
+            with trio.fail_after(RPC_TIMEOUT_S):
+                async with open_daemon_client(record.address) as client:
+                    resp = await client.links()
+        except (trio.TooSlowError, QnetError) as exc:
+            failures.append(f"{record.name}: {exc or 'no answer'}")
+            return
+        for link in resp.links:
+            ends.setdefault(link.link_id, []).append((record.name, link))
+
+    async with trio.open_nursery() as nursery:
+        for record in state.nodes.values():
+            nursery.start_soon(one, record)
+    rows = []
+    for link_id in sorted(ends):
+        seen = ends[link_id]
+        best = max(seen, key=lambda e: (e[1].pairs_delivered, e[1].rate_hz, e[1].heralds))[1]
+        up = sum(e[1].connected for e in seen)
+        rows.append(
+            LinkRow(
+                link_id=link_id,
+                connected=f"{up}/2 ends" if up < 2 else "yes",
+                heralds=best.heralds,
+                pairs=best.pairs_delivered,
+                errors=best.errors,
+                rate_hz=best.rate_hz,
+                fidelity=best.mean_fidelity,
+            )
+        )
+    return rows, sorted(failures)
+
+
+def format_links(state: NetworkState, rows: Sequence[LinkRow], failures: Sequence[str]) -> str:
+    table = [
+        [
+            r.link_id.replace("|", " - "),
+            r.connected,
+            str(r.heralds),
+            str(r.pairs),
+            str(r.errors),
+            f"{r.rate_hz:.1f}",
+            "-" if math.isnan(r.fidelity) else f"{r.fidelity:.4f}",
+        ]
+        for r in rows
+    ]
+    headers = ["LINK", "CONNECTED", "HERALDS", "PAIRS", "ERRORS", "RATE (pairs/s)", "FIDELITY"]
+    out = [f"network {state.network}: {len(rows)} links (rate per physical second)"]
+    out.append(format_table(headers, table))
+    out += [f"no answer from {f}" for f in failures]
+    return "\n".join(out)

@@ -1,0 +1,150 @@
+"""Conversions between node.proto messages and the link layer's and transport's types.
+
+Inbound messages pass ``check_version`` first; every enum and number is checked here, so the
+link layer only sees well-formed requests, and a bad one is an ``InvalidArgument`` that names
+the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+from qnet.channel import wire as channel_wire
+from qnet.errors import InvalidArgument, VersionMismatch
+from qnet.link.events import BasisChoice, CreateErr, CreateRequest, ErrorCode, Kind, PairOk
+from qnet.node.grpc_transport import PeerStats
+from qnet.v1 import node_pb2 as pb
+
+#: The Node API version this implementation speaks.
+PROTOCOL_VERSION = 1
+V = PROTOCOL_VERSION
+
+#: Largest integer the link layer's peer messages carry (int64 on the wire).
+_MAX_INT64 = 2**63 - 1
+
+KIND_FROM_WIRE: dict[pb.PairKind.ValueType, Kind] = {
+    pb.PAIR_KIND_KEEP: Kind.KEEP,
+    pb.PAIR_KIND_MEASURE: Kind.MEASURE,
+}
+KIND_TO_WIRE: dict[Kind, pb.PairKind.ValueType] = {v: k for k, v in KIND_FROM_WIRE.items()}
+
+BASIS_CHOICE_FROM_WIRE: dict[pb.LinkBasis.ValueType, BasisChoice] = {
+    pb.LINK_BASIS_UNSPECIFIED: BasisChoice.Z,
+    pb.LINK_BASIS_Z: BasisChoice.Z,
+    pb.LINK_BASIS_X: BasisChoice.X,
+    pb.LINK_BASIS_Y: BasisChoice.Y,
+    pb.LINK_BASIS_RANDOM: BasisChoice.RANDOM,
+}
+
+ERROR_CODE_TO_WIRE: dict[ErrorCode, pb.LinkErrorCode.ValueType] = {
+    ErrorCode.UNSUPPORTED: pb.LINK_ERROR_CODE_UNSUPPORTED,
+    ErrorCode.TIMEOUT: pb.LINK_ERROR_CODE_TIMEOUT,
+    ErrorCode.EXPIRED: pb.LINK_ERROR_CODE_EXPIRED,
+    ErrorCode.NO_MEMORY: pb.LINK_ERROR_CODE_NO_MEMORY,
+    ErrorCode.DENIED: pb.LINK_ERROR_CODE_DENIED,
+}
+
+
+class _Versioned(Protocol):
+    @property
+    def protocol_version(self) -> int: ...
+
+
+def check_version(message: _Versioned) -> None:
+    version = message.protocol_version
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"request speaks Node API version {version}; this daemon speaks {PROTOCOL_VERSION}"
+            f" (set protocol_version = {PROTOCOL_VERSION})"
+        )
+
+
+def create_request_from_wire(msg: pb.LinkCreateRequest) -> CreateRequest:
+    """The link layer's CREATE for a LinkCreateRequest; InvalidArgument names a bad field."""
+    check_version(msg)
+    if not msg.remote:
+        raise InvalidArgument("remote must name the neighbour at the other end of the link")
+    if msg.number < 1:
+        raise InvalidArgument(f"number must be at least 1, got {msg.number}")
+    if not (math.isfinite(msg.min_fidelity) and 0.0 <= msg.min_fidelity <= 1.0):
+        raise InvalidArgument(f"min_fidelity must be in [0, 1], got {msg.min_fidelity!r}")
+    if msg.max_time_ns > _MAX_INT64:
+        raise InvalidArgument(f"max_time_ns must be below 2^63, got {msg.max_time_ns}")
+    kind = KIND_FROM_WIRE.get(msg.kind)
+    if kind is None:
+        raise InvalidArgument(
+            f"kind {msg.kind} is not a pair kind (use PAIR_KIND_KEEP or PAIR_KIND_MEASURE)"
+        )
+    basis = BASIS_CHOICE_FROM_WIRE.get(msg.basis)
+    if basis is None:
+        raise InvalidArgument(
+            f"basis {msg.basis} does not exist (use LINK_BASIS_Z, _X, _Y or _RANDOM)"
+        )
+    return CreateRequest(
+        remote=msg.remote,
+        number=msg.number,
+        min_fidelity=msg.min_fidelity,
+        max_time_ns=msg.max_time_ns,
+        kind=kind,
+        basis=basis,
+        purpose=msg.purpose,
+        priority=msg.priority,
+    )
+
+
+def accepted_event(origin: str, create_id: int) -> pb.LinkEvent:
+    return pb.LinkEvent(
+        protocol_version=V, accepted=pb.LinkAccepted(origin=origin, create_id=create_id)
+    )
+
+
+def ok_event(ok: PairOk) -> pb.LinkEvent:
+    link_id, sequence = ok.pair_id
+    msg = pb.LinkOk(
+        origin=ok.origin,
+        create_id=ok.create_id,
+        purpose=ok.purpose,
+        link_id=link_id,
+        sequence=sequence,
+        kind=KIND_TO_WIRE[ok.kind],
+        qubit=ok.qubit or 0,
+        outcome=ok.outcome or 0,
+        bell_index=ok.bell_index,
+        fidelity_estimate=ok.fidelity_estimate,
+        estimate_time_ns=max(ok.estimate_time_ns, 0),
+        index_in_request=ok.index_in_request,
+    )
+    if ok.basis is not None:
+        msg.basis = channel_wire.BASIS_TO_WIRE[ok.basis]
+    return pb.LinkEvent(protocol_version=V, ok=msg)
+
+
+def err_event(err: CreateErr) -> pb.LinkEvent:
+    msg = pb.LinkErr(
+        origin=err.origin,
+        create_id=err.create_id,
+        code=ERROR_CODE_TO_WIRE[err.code],
+        reason=err.reason,
+    )
+    if err.seq_range is not None:
+        msg.seq_range.CopyFrom(pb.SeqRange(first=err.seq_range[0], last=err.seq_range[1]))
+    return pb.LinkEvent(protocol_version=V, err=msg)
+
+
+def peer_counters(stats: PeerStats) -> pb.PeerCounters:
+    return pb.PeerCounters(
+        peer=stats.peer,
+        address=stats.address,
+        connected=stats.connected,
+        queued=stats.queued,
+        messages_sent=stats.messages_sent,
+        batches_sent=stats.batches_sent,
+        messages_received=stats.messages_received,
+        batches_received=stats.batches_received,
+        dropped=stats.dropped,
+        malformed=stats.malformed,
+        connects=stats.connects,
+        reconnects=stats.reconnects,
+        last_error=stats.last_error,
+    )
