@@ -90,7 +90,7 @@ class ChannelClient:
             ),
             error_mapper=self._map,
         )
-        return NodeSession(self, node, resp.session)
+        return NodeSession(self, node, resp.session, registered_ns=resp.now_ns)
 
     async def oracle_pair_fidelity(self, qubit_a: int, qubit_b: int, bell_index: int) -> float:
         """Test-only: the true fidelity (needs a daemon started with --test-oracle)."""
@@ -116,10 +116,14 @@ async def open_channel_client(address: str) -> AsyncGenerator[ChannelClient, Non
 class NodeSession:
     """The Channel API as one registered node sees it: its own qubits, its own links."""
 
-    def __init__(self, client: ChannelClient, node: str, token: str) -> None:
+    def __init__(
+        self, client: ChannelClient, node: str, token: str, *, registered_ns: int = 0
+    ) -> None:
         self.client = client
         self.node = node
         self.token = token
+        #: The backend's physical time when it registered this node.
+        self.registered_ns = registered_ns
         self._stub = client._stub
         self._map = client._map
 

@@ -78,6 +78,9 @@ class EgpConfig:
     #: at the head fails with NO_MEMORY; None: 50 retransmission timeouts. Until then a failed
     #: allocation is back-pressure: users free what they were given, and arming retries.
     memory_wait_ns: int | None = None
+    #: Qubits kept armed at once while there is work. More than one hides the round trip from
+    #: a herald to the next arm (a few ms between processes), at the cost of memory.
+    pipeline: int = 4
 
 
 @dataclass(slots=True)
@@ -330,7 +333,7 @@ class EgpCore:
         times = [self._sender.next_deadline()]
         if self.is_master:
             times += [r.deadline_ns for r in self.requests.values() if r.open]
-        if self._armed == 0 and self._head() is not None:
+        if self._armed < self.config.pipeline and self._head() is not None:
             times.append(self._arm_blocked_until)
         times += self._herald_due.values()
         return min((t for t in times if t is not None and t >= 0), default=None)
@@ -646,8 +649,9 @@ class EgpCore:
         self._out.append(Free(self._tag(), (qubit,)))
 
     def _update_arming(self, now: int) -> None:
-        """Keep one qubit armed while there is work, none otherwise. The master re-arms when
-        the request at the head wants another bright state."""
+        """Keep up to ``pipeline`` qubits armed while there is work (memory allowing), none
+        otherwise. The master re-arms when the request at the head wants another bright
+        state."""
         head = self._head()
         if head is None or (self.is_master and head.plan.rounds < 0):
             if self._armed:
@@ -663,12 +667,16 @@ class EgpCore:
         # Back-pressure: pairs held for the peer's instructions or a purification partner
         # count against memory, so stop arming rather than run into NO_MEMORY.
         held = len(self.pairs) + sum(len(r.ready) for r in self.requests.values())
-        room = held < self.config.local.memory_qubits
+        room = self.config.local.memory_qubits - held - self._armed
         if now >= self._arm_blocked_until:
             self._arm_blocked_until = -1  # so that next_deadline never reports a past time
-        if self._armed == 0 and self._arm_blocked_until < 0 and room:
+        if self._arm_blocked_until >= 0:
+            return
+        # One Arm per qubit: a failed allocation then accounts for exactly one of them.
+        while self._armed < self.config.pipeline and room > 0:
             self._out.append(Arm(self._tag(), 1, alpha))
-            self._armed = 1
+            self._armed += 1
+            room -= 1
             self._armed_alpha = alpha
             self._alphas.append(alpha)
 

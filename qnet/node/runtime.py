@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from qnet.channel import wire
-from qnet.errors import NoMemory, NotFound, ProtocolError, QnetError
+from qnet.errors import NoMemory, NotFound, ProtocolError, QnetError, Unreachable
 from qnet.link.egp import EgpConfig, EgpCore
 from qnet.link.events import (
     Arm,
@@ -174,6 +174,9 @@ class NodeRuntime:
                 log.warning("%s: herald from %s, which is not a neighbour", self.name, herald.peer)
                 continue
             link.counters.heralds += 1
+            if link.counters.first_request_ns is None:
+                # The end that did not ask still measures the rate from its first pair.
+                link.counters.first_request_ns = herald.emitted_ns
             try:
                 link.core.on_herald(
                     herald.sequence,
@@ -188,6 +191,9 @@ class NodeRuntime:
                     "%s: herald %d on %s refused: %s", self.name, herald.sequence, link.peer, exc
                 )
             self._flush(link)
+        # The backend ended our session (taken over, or gone): this node can do nothing more,
+        # so say so loudly rather than keep serving a network it is no longer part of.
+        raise Unreachable(f"the channel backend ended the session of {self.name}", node=self.name)
 
     def _on_messages(self, sender: str, messages: Sequence[PeerMessage]) -> None:
         link = self._links.get(sender)

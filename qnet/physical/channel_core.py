@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from qnet.errors import (
     NotFound,
     PermissionDenied,
 )
+from qnet.names import check_node_name, link_id
 from qnet.physical.events import HeraldEvent
 from qnet.physical.gates import (
     BELL_STATES,
@@ -43,15 +43,6 @@ from qnet.physical.params import LinkParams, NodeParams, check_bright_state
 from qnet.physical.state import StateEngine
 
 _ZERO: Matrix = np.array([[1, 0], [0, 0]], dtype=np.complex128)
-
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-def check_node_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"node name must be 1-64 characters of letters, digits, '_', '.', '-', got {name!r}"
-        )
 
 
 def memory_noise(params: NodeParams, idle_s: float) -> tuple[float, float, float]:
@@ -77,11 +68,6 @@ def memory_noise(params: NodeParams, idle_s: float) -> tuple[float, float, float
     left = math.sqrt(max(1 - damping, 0.0)) * (1 - depolar)
     coherence = min(remaining / left, 1.0) if left > 0 else 0.0
     return damping, coherence, depolar
-
-
-def link_id(a: str, b: str) -> str:
-    """Canonical link name: the two node names in order, joined by '|'."""
-    return f"{a}|{b}" if a < b else f"{b}|{a}"
 
 
 @dataclass(slots=True)

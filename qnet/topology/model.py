@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qnet.errors import InvalidArgument, NotFound
-from qnet.physical.channel_core import check_node_name, link_id
+from qnet.names import check_node_name, link_id
 from qnet.physical.params import LinkParams, NodeParams
 
 DEFAULT_HOST = "127.0.0.1"

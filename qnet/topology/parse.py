@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qnet.errors import InvalidArgument
-from qnet.physical.channel_core import check_node_name, link_id
+from qnet.names import check_node_name, link_id
 from qnet.physical.params import LinkParams, NodeParams
 from qnet.topology.lines import KeyLines, KeyPath
 from qnet.topology.model import (

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ import trio
 from qnet.daemon import procs
 from qnet.daemon.control import DaemonClient, open_daemon_client
 from qnet.physical.gates import Basis
+from qnet.topology import load_topology, topology_to_toml
 from qnet.v1 import node_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,30 +83,48 @@ class Tally:
             self.agree += (outcome == other[0]) == (bell & 1 == 0)
 
 
+async def _measure_alice(alice: DaemonClient, ok: pb.LinkOk, tally: Tally) -> None:
+    outcome = await alice.measure_qubit(ok.qubit, Basis.Z)
+    tally.alice += 1
+    tally.fidelity += ok.fidelity_estimate
+    tally.match((ok.link_id, ok.sequence), outcome, ok.bell_index)
+
+
 async def _alice_slot(alice: DaemonClient, batch: int, tally: Tally) -> None:
-    while tally.alice < tally.target:
-        request = pb.LinkCreateRequest(remote="bob", number=batch, kind=pb.PAIR_KIND_KEEP)
-        async with alice.link_create(request) as events:
-            async for event in events:
-                case = event.WhichOneof("event")
-                if case == "ok":
-                    outcome = await alice.measure_qubit(event.ok.qubit, Basis.Z)
-                    tally.alice += 1
-                    tally.fidelity += event.ok.fidelity_estimate
-                    tally.match((event.ok.link_id, event.ok.sequence), outcome, event.ok.bell_index)
-                elif case == "err":
-                    name = pb.LinkErrorCode.Name(event.err.code)
-                    tally.errors[name] = tally.errors.get(name, 0) + 1
+    # Each half is measured in a task of its own, so measurements overlap the next pairs.
+    async with trio.open_nursery() as measuring:
+        while tally.alice < tally.target:
+            request = pb.LinkCreateRequest(remote="bob", number=batch, kind=pb.PAIR_KIND_KEEP)
+            async with alice.link_create(request) as events:
+                async for event in events:
+                    case = event.WhichOneof("event")
+                    if case == "ok":
+                        measuring.start_soon(_measure_alice, alice, event.ok, tally)
+                    elif case == "err":
+                        name = pb.LinkErrorCode.Name(event.err.code)
+                        tally.errors[name] = tally.errors.get(name, 0) + 1
+
+
+async def _measure_bob(bob: DaemonClient, ok: pb.LinkOk, tally: Tally, done: trio.Event) -> None:
+    outcome = await bob.measure_qubit(ok.qubit, Basis.Z)
+    tally.bob += 1
+    tally.match((ok.link_id, ok.sequence), outcome, ok.bell_index)
+    if tally.bob >= tally.target and tally.alice >= tally.target:
+        done.set()
 
 
 async def _bob_side(bob: DaemonClient, events: AsyncIterator[pb.LinkEvent], tally: Tally) -> None:
-    async for event in events:
-        if event.WhichOneof("event") == "ok":
-            outcome = await bob.measure_qubit(event.ok.qubit, Basis.Z)
-            tally.bob += 1
-            tally.match((event.ok.link_id, event.ok.sequence), outcome, event.ok.bell_index)
-            if tally.bob >= tally.target and tally.alice >= tally.target:
-                return
+    done = trio.Event()
+    async with trio.open_nursery() as measuring:
+        measuring.start_soon(_watch_done, done, measuring.cancel_scope)
+        async for event in events:
+            if event.WhichOneof("event") == "ok":
+                measuring.start_soon(_measure_bob, bob, event.ok, tally, done)
+
+
+async def _watch_done(done: trio.Event, scope: trio.CancelScope) -> None:
+    await done.wait()
+    scope.cancel()
 
 
 async def keep_rate(
@@ -130,8 +150,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--up-runs", type=int, default=3, help="qnet up ring10 runs (0: skip)")
     parser.add_argument("--pairs", type=int, default=600)
-    parser.add_argument("--window", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=3)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=6)
+    parser.add_argument(
+        "--memory-qubits",
+        type=int,
+        default=32,
+        help="memory per node for the pair benchmark (two_nodes.toml has 8)",
+    )
     parser.add_argument("--time-scale", type=float, help="passed to qnet up (default: file's)")
     a = parser.parse_args()
 
@@ -146,7 +172,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         extra = ["--time-scale", str(a.time_scale)] if a.time_scale else []
-        qnet("up", ROOT / "examples" / "two_nodes.toml", "--run-dir", tmp, *extra)
+        top = load_topology(ROOT / "examples" / "two_nodes.toml")
+        nodes_ = tuple(
+            dataclasses.replace(
+                n, params=dataclasses.replace(n.params, memory_qubits=a.memory_qubits)
+            )
+            for n in top.nodes
+        )
+        topology_file = Path(tmp) / "two_nodes_bench.toml"
+        topology_file.write_text(topology_to_toml(dataclasses.replace(top, nodes=nodes_)))
+        qnet("up", topology_file, "--run-dir", tmp, *extra)
         try:
             state = json.loads((Path(tmp) / "state.json").read_text())
             nodes = state["nodes"]
@@ -168,7 +203,8 @@ def main() -> None:
                     f" errors {tally.errors or 'none'})"
                 )
             print(
-                f"KEEP pairs delivered and measured at both ends, two_nodes:"
+                f"KEEP pairs delivered and measured at both ends, two_nodes with"
+                f" {a.memory_qubits} memory qubits per node:"
                 f" median {statistics.median(rates):.0f} pairs/s"
                 f" (window {a.window} x batch {a.batch}, time scale {state['time_scale']:g})"
             )

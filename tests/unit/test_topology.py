@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qnet.errors import InvalidArgument, NotFound
-from qnet.physical.channel_core import link_id
+from qnet.names import link_id
 from qnet.physical.params import LinkParams, NodeParams, Scheme
 from qnet.topology import (
     EndpointSpec,
