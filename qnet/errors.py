@@ -106,6 +106,21 @@ class Unreachable(QnetError):
     status = "UNAVAILABLE"
 
 
+class NotConverged(Unreachable):
+    """Routing has not converged yet, so the absence of a route means nothing.
+
+    A subclass of ``Unreachable`` (gRPC UNAVAILABLE): the condition is transient and the same
+    call succeeds later without anything being fixed, which is what UNAVAILABLE means (where
+    FAILED_PRECONDITION asks the caller to change the system's state first). Code that treats
+    "no route now" generically catches ``Unreachable``; code that waits for start-up catches
+    this. ``not_before_ns`` is the earliest time the node can converge.
+    """
+
+    def __init__(self, reason: str, *, node: str | None = None, not_before_ns: int = 0) -> None:
+        super().__init__(reason, node=node)
+        self.not_before_ns = not_before_ns
+
+
 class ProtocolError(QnetError):
     """A peer broke the protocol (an illegal message for the current state)."""
 
@@ -128,6 +143,7 @@ ERROR_TYPES: dict[str, type[QnetError]] = {
         Unsupported,
         Timeout,
         Unreachable,
+        NotConverged,
         ProtocolError,
     )
 }
