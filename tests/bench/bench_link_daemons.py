@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,9 +66,13 @@ def up_time(topology: Path, runs: int) -> tuple[list[float], dict[str, int]]:
     return times, rss
 
 
+RUN_LIMIT_S = 60.0
+
+
 class Tally:
     def __init__(self, target: int) -> None:
         self.target = target
+        self.stalled = False
         self.alice = 0
         self.bob = 0
         self.errors: dict[str, int] = {}
@@ -115,11 +120,15 @@ async def _measure_bob(bob: DaemonClient, ok: pb.LinkOk, tally: Tally, done: tri
 
 async def _bob_side(bob: DaemonClient, events: AsyncIterator[pb.LinkEvent], tally: Tally) -> None:
     done = trio.Event()
+    # Reading stops once both ends have their pairs; measurements already started finish, so
+    # no half is left held in the daemon (unread ones are freed when the stream closes).
     async with trio.open_nursery() as measuring:
-        measuring.start_soon(_watch_done, done, measuring.cancel_scope)
-        async for event in events:
-            if event.WhichOneof("event") == "ok":
-                measuring.start_soon(_measure_bob, bob, event.ok, tally, done)
+        with trio.CancelScope() as reading:
+            measuring.start_soon(_watch_done, done, reading)
+            async for event in events:
+                if event.WhichOneof("event") == "ok":
+                    measuring.start_soon(_measure_bob, bob, event.ok, tally, done)
+        done.set()
 
 
 async def _watch_done(done: trio.Event, scope: trio.CancelScope) -> None:
@@ -137,15 +146,30 @@ async def keep_rate(
         bob.link_events("alice") as far,
     ):
         t = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_bob_side, bob, far, tally)
-            for _ in range(window):
-                nursery.start_soon(_alice_slot, alice, batch, tally)
+        # Bounded: a run that stalls (a request the link layer never finishes) is reported as
+        # such, with the pairs it got, instead of hanging the benchmark.
+        with trio.move_on_after(RUN_LIMIT_S) as limit:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_bob_side, bob, far, tally)
+                for _ in range(window):
+                    nursery.start_soon(_alice_slot, alice, batch, tally)
+        tally.stalled = limit.cancelled_caught
         elapsed = time.perf_counter() - t
     return min(tally.alice, tally.bob) / elapsed, tally
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so `qnet down` in the finally runs
+    and no daemon outlives the benchmark."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--up-runs", type=int, default=3, help="qnet up ring10 runs (0: skip)")
@@ -200,6 +224,7 @@ def main() -> None:
                 print(
                     f"  run: {rate:.0f} pairs/s ({tally.alice} pairs; Z agreement"
                     f" {tally.agree / n:.3f}, mean fidelity estimate {tally.fidelity / n:.3f};"
+                    f"{' STALLED at the time limit;' if tally.stalled else ''}"
                     f" errors {tally.errors or 'none'})"
                 )
             print(
