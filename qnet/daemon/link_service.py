@@ -35,20 +35,39 @@ MAX_FREE = 10_000
 Events = trio.MemorySendChannel[UpperEvent]
 
 
+#: Seconds a delivered KEEP qubit stays held for clients before it is reclaimed. A client
+#: that disconnects without measuring or freeing its qubits must not fill the node's memory.
+HOLD_S = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class HeldQubit:
     """A delivered KEEP qubit a client may still measure or free."""
 
     peer: str
     pair_id: tuple[str, int]
+    #: trio time of delivery; the qubit is reclaimed ``hold_s`` later.
+    since: float = 0.0
+
+
+def expired(held: dict[int, HeldQubit], now: float, hold_s: float) -> list[int]:
+    """Held qubits whose lease has run out (``held`` is in delivery order)."""
+    out = []
+    for qubit, h in held.items():
+        if h.since + hold_s > now:
+            break
+        out.append(qubit)
+    return out
 
 
 class LinkService:
     """Serve LinkLayer for a node; ``run`` it once the node's runtime has started. Until then
     (and after it stops) every call fails with UNAVAILABLE."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, *, hold_s: float = HOLD_S) -> None:
         self.node = node
+        self.hold_s = hold_s
+        self._held_added = trio.Event()
         self._runtime: NodeRuntime | None = None
         self._channel: ChannelAccess | None = None
         #: Streams of this node's own requests, by (peer, create id).
@@ -96,6 +115,7 @@ class LinkService:
                 for peer in runtime.peers:
                     nursery.start_soon(self._dispatch, peer, runtime.subscribe(peer))
                 nursery.start_soon(self._free_loop, channel)
+                nursery.start_soon(self._reclaim)
                 self._runtime, self._channel = runtime, channel
                 task_status.started()
         finally:
@@ -127,9 +147,26 @@ class LinkService:
                     pass
             if isinstance(event, PairOk) and event.kind is Kind.KEEP and event.qubit:
                 if delivered:
-                    self.held[event.qubit] = HeldQubit(peer, event.pair_id)
+                    self.held[event.qubit] = HeldQubit(peer, event.pair_id, trio.current_time())
+                    self._held_added.set()
                 else:
                     self._to_free.send_nowait(event.qubit)
+
+    async def _reclaim(self) -> None:
+        """Free held qubits whose lease ran out, waking at the oldest one's expiry."""
+        while True:
+            if not self.held:
+                self._held_added = trio.Event()
+                await self._held_added.wait()
+                continue
+            oldest = next(iter(self.held.values()))
+            await trio.sleep_until(oldest.since + self.hold_s)
+            stale = expired(self.held, trio.current_time(), self.hold_s)
+            for qubit in stale:
+                del self.held[qubit]
+                self._to_free.send_nowait(qubit)
+            if stale:
+                log.info("%s: reclaimed %d KEEP qubits no client claimed", self.node, len(stale))
 
     async def _free_loop(self, channel: ChannelAccess) -> None:
         """Free orphaned KEEP qubits, batching whatever piled up meanwhile."""

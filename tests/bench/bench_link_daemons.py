@@ -205,12 +205,14 @@ def main() -> None:
         )
         topology_file = Path(tmp) / "two_nodes_bench.toml"
         topology_file.write_text(topology_to_toml(dataclasses.replace(top, nodes=nodes_)))
-        qnet("up", topology_file, "--run-dir", tmp, *extra)
-        try:
-            state = json.loads((Path(tmp) / "state.json").read_text())
-            nodes = state["nodes"]
-            rates = []
-            for _ in range(a.runs):
+        rates = []
+        for _ in range(a.runs):
+            # A fresh network per run: halves the previous run's client never read stay held
+            # in the daemon (until their lease runs out) and would skew the next run.
+            qnet("up", topology_file, "--run-dir", tmp, *extra)
+            try:
+                state = json.loads((Path(tmp) / "state.json").read_text())
+                nodes = state["nodes"]
                 rate, tally = trio.run(
                     keep_rate,
                     nodes["alice"]["address"],
@@ -219,22 +221,22 @@ def main() -> None:
                     a.window,
                     a.batch,
                 )
-                rates.append(rate)
-                n = max(tally.alice, 1)
-                print(
-                    f"  run: {rate:.0f} pairs/s ({tally.alice} pairs; Z agreement"
-                    f" {tally.agree / n:.3f}, mean fidelity estimate {tally.fidelity / n:.3f};"
-                    f"{' STALLED at the time limit;' if tally.stalled else ''}"
-                    f" errors {tally.errors or 'none'})"
-                )
+            finally:
+                qnet("down", "--run-dir", tmp)
+            rates.append(rate)
+            n = max(tally.alice, 1)
             print(
-                f"KEEP pairs delivered and measured at both ends, two_nodes with"
-                f" {a.memory_qubits} memory qubits per node:"
-                f" median {statistics.median(rates):.0f} pairs/s"
-                f" (window {a.window} x batch {a.batch}, time scale {state['time_scale']:g})"
+                f"  run: {rate:.0f} pairs/s ({tally.alice} pairs; Z agreement"
+                f" {tally.agree / n:.3f}, mean fidelity estimate {tally.fidelity / n:.3f};"
+                f"{' STALLED at the time limit;' if tally.stalled else ''}"
+                f" errors {tally.errors or 'none'})"
             )
-        finally:
-            qnet("down", "--run-dir", tmp)
+        print(
+            f"KEEP pairs delivered and measured at both ends, two_nodes with"
+            f" {a.memory_qubits} memory qubits per node:"
+            f" median {statistics.median(rates):.0f} pairs/s"
+            f" (window {a.window} x batch {a.batch}, time scale {state['time_scale']:g})"
+        )
 
 
 if __name__ == "__main__":

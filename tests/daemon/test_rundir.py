@@ -108,3 +108,12 @@ def test_default_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_run_dir() == Path(".qnet-run")
     monkeypatch.setenv("QNET_RUN_DIR", "/tmp/elsewhere")
     assert default_run_dir() == Path("/tmp/elsewhere")
+
+
+def test_held_qubit_leases_expire_in_delivery_order() -> None:
+    from qnet.daemon.link_service import HeldQubit, expired
+
+    held = {q: HeldQubit("bob", ("alice|bob", q), since=float(q)) for q in (1, 2, 3)}
+    assert expired(held, 10.0, 30.0) == []
+    assert expired(held, 32.0, 30.0) == [1, 2]
+    assert expired(held, 100.0, 30.0) == [1, 2, 3]
