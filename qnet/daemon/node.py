@@ -134,6 +134,9 @@ async def run_node_daemon(
                 transport,
                 clock,
                 rto_ns=rto_ns(config.rto_wall_s, health.time_scale),
+                # Between processes a pair waits for a few ms of messaging and RPCs before it
+                # is delivered; plans must aim at its fidelity then (a quarter of the RTO).
+                latency_ns=rto_ns(config.rto_wall_s, health.time_scale) // 4,
                 seed=topology.seed,
             )
             await node_tasks.start(runtime.run)

@@ -81,6 +81,9 @@ class EgpConfig:
     #: Qubits kept armed at once while there is work. More than one hides the round trip from
     #: a herald to the next arm (a few ms between processes), at the cost of memory.
     pipeline: int = 4
+    #: Expected processing and messaging delay beyond the fibre's (0 in qnet.sim): plans aim
+    #: at the fidelity pairs will have when they are delivered that much later.
+    latency_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -156,7 +159,9 @@ class EgpCore:
         cid = self._next_create_id
         self._next_create_id += 1
         key = (self.node, cid)
-        plan = estimate.plan(self.config.link, *self.nodes, req.min_fidelity)
+        plan = estimate.plan(
+            self.config.link, *self.nodes, req.min_fidelity, self.config.latency_ns
+        )
         if plan is None:
             self._out.append(
                 CreateErr(self.node, cid, ErrorCode.UNSUPPORTED, None, self._unreachable(req))
@@ -209,7 +214,7 @@ class EgpCore:
             raise InvalidArgument("kind must be a Kind and basis a BasisChoice")
 
     def _unreachable(self, req: CreateRequest) -> str:
-        best = estimate.plan(self.config.link, *self.nodes, 0.0)
+        best = estimate.plan(self.config.link, *self.nodes, 0.0, self.config.latency_ns)
         top = 0.0 if best is None else best.fidelity
         return (
             f"fidelity {req.min_fidelity} is out of reach on link {self.link_id}"
@@ -608,7 +613,9 @@ class EgpCore:
             raise ProtocolError(f"EGP QueueAdd has a bad kind or basis: {msg}") from None
         if msg.number < 1 or not 0.0 <= msg.min_fidelity <= 1.0:
             raise ProtocolError(f"EGP QueueAdd has a bad number or fidelity: {msg}")
-        plan = estimate.plan(self.config.link, *self.nodes, msg.min_fidelity)
+        plan = estimate.plan(
+            self.config.link, *self.nodes, msg.min_fidelity, self.config.latency_ns
+        )
         # rounds = -1 marks a request this end's model cannot serve (the ends disagree).
         plan = plan or estimate.Plan(self.config.link.bright_state, -1, 0.0, 0.0)
         deadline = None if msg.deadline_ns < 0 else msg.deadline_ns

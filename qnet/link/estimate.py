@@ -227,9 +227,17 @@ def delivery_wait_ns(link: LinkParams) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def plan(
-    link: LinkParams, master: NodeParams, slave: NodeParams, min_fidelity: float
+    link: LinkParams,
+    master: NodeParams,
+    slave: NodeParams,
+    min_fidelity: float,
+    latency_ns: int = 0,
 ) -> Plan | None:
     """The fastest way to reach ``min_fidelity`` at delivery, or None if none reaches it.
+
+    ``latency_ns`` is the expected processing and messaging delay beyond light in fibre (zero
+    in ``qnet.sim``; milliseconds between daemon processes): pairs age that much longer before
+    delivery, and a plan without it would aim exactly at the target and miss it.
 
     Fresh fidelity falls as α grows, but with noisy memories a tiny α is slow enough for pairs
     to decohere while they wait for a purification partner, so fidelity is not monotone in α:
@@ -238,7 +246,7 @@ def plan(
     raw pairs cannot reach the target; then every round count competes on rate.
     """
     nodes = (master, slave)
-    wait = delivery_wait_ns(link)
+    wait = delivery_wait_ns(link) + latency_ns
     single = link.scheme is Scheme.SINGLE_CLICK
     grid = _ALPHA_GRID if single else (0.0,)
     overall: Plan | None = None

@@ -90,6 +90,7 @@ class NodeRuntime:
         clock: PhysicalClock,
         *,
         rto_ns: int | None = None,
+        latency_ns: int = 0,
         seed: int = 0,
     ) -> None:
         self.name = name
@@ -100,6 +101,7 @@ class NodeRuntime:
         self.clock = clock
         self.started_wall = time.monotonic()
         self._rto_ns = rto_ns
+        self._latency_ns = latency_ns
         self._seed = seed
         self._links: dict[str, _Link] = {}
         self._wake = trio.Event()
@@ -154,6 +156,7 @@ class NodeRuntime:
                 local=self.spec.params,
                 remote=self.topology.node(peer).params,
                 rto_ns=self._rto_ns,
+                latency_ns=self._latency_ns,
             )
             send, recv = trio.open_memory_channel[PhysicalCommand](math.inf)
             core = EgpCore(config, rng=random.Random(rng.random()))
