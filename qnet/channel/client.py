@@ -10,7 +10,7 @@ import grpc
 
 from qnet.channel import wire
 from qnet.channel.wire import PROTOCOL_VERSION
-from qnet.errors import ProtocolError, QnetError, Unreachable, error_from_wire
+from qnet.errors import QnetError, Unreachable, error_from_wire
 from qnet.physical.events import HeraldEvent
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.heralding import HeraldingModel
@@ -230,14 +230,4 @@ class NodeSession:
         returns once the backend has confirmed the subscription."""
         request = pb.EventsRequest(protocol_version=V, session=self.token)
         async with server_stream(self._stub.Events, request, error_mapper=self._map) as events:
-            first = await anext(aiter(events), None)
-            if first is None or not first.HasField("subscribed"):
-                raise ProtocolError("the event stream did not start with a subscription")
-            yield self._heralds_of(events)
-
-    async def _heralds_of(self, events: AsyncIterator[pb.Event]) -> AsyncIterator[HeraldEvent]:
-        async for event in events:
-            if event.HasField("herald"):
-                yield wire.herald_from_wire(self.node, event)
-            elif event.HasField("session_ended"):
-                return
+            yield await wire.heralds_after_subscription(self.node, events)

@@ -6,9 +6,10 @@ here or by the parameter classes, so the core only ever sees well-formed input.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-from qnet.errors import InvalidArgument, VersionMismatch
+from qnet.errors import InvalidArgument, ProtocolError, VersionMismatch
 from qnet.physical.events import HeraldEvent
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.heralding import HeraldingModel
@@ -178,3 +179,23 @@ def herald_from_wire(node: str, event: pb.Event) -> HeraldEvent:
         time_ns=event.time_ns,
         bright_state=h.bright_state,
     )
+
+
+async def heralds_after_subscription(
+    node: str, events: AsyncIterator[pb.Event]
+) -> AsyncIterator[HeraldEvent]:
+    """Check that an Events stream opens with ``Subscribed``; then its heralds until the
+    session ends. Awaiting the first item is what makes subscribing a readiness signal."""
+    stream = aiter(events)
+    first = await anext(stream, None)
+    if first is None or not first.HasField("subscribed"):
+        raise ProtocolError("the event stream did not start with a subscription")
+    return _heralds_of(node, stream)
+
+
+async def _heralds_of(node: str, events: AsyncIterator[pb.Event]) -> AsyncIterator[HeraldEvent]:
+    async for event in events:
+        if event.HasField("herald"):
+            yield herald_from_wire(node, event)
+        elif event.HasField("session_ended"):
+            return

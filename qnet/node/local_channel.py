@@ -13,7 +13,6 @@ from qnet.channel import wire
 from qnet.channel.client import LinkTheory
 from qnet.channel.server import ChannelServer
 from qnet.channel.wire import PROTOCOL_VERSION as V
-from qnet.errors import ProtocolError
 from qnet.physical.events import HeraldEvent
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.params import LinkParams, NodeParams
@@ -125,14 +124,4 @@ class LocalSession:
     async def heralds(self) -> AsyncGenerator[AsyncIterator[HeraldEvent], None]:
         events = self.server.events(pb.EventsRequest(protocol_version=V, session=self.token))
         async with aclosing(events) as stream:
-            first = await anext(stream, None)
-            if first is None or not first.HasField("subscribed"):
-                raise ProtocolError("the event stream did not start with a subscription")
-            yield self._heralds_of(stream)
-
-    async def _heralds_of(self, events: AsyncIterator[pb.Event]) -> AsyncIterator[HeraldEvent]:
-        async for event in events:
-            if event.HasField("herald"):
-                yield wire.herald_from_wire(self.node, event)
-            elif event.HasField("session_ended"):
-                return
+            yield await wire.heralds_after_subscription(self.node, stream)
