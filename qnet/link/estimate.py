@@ -28,6 +28,7 @@ from qnet.physical.channel_core import memory_noise
 from qnet.physical.gates import BELL_PROJECTORS, CNOT, GateName, Matrix, gate_matrix, rx
 from qnet.physical.heralding import HeraldingModel, fibre_delay_ns, heralding_model
 from qnet.physical.params import LinkParams, NodeParams, Scheme
+from qnet.physical.state import conjugate, depolarized
 
 #: Most purification rounds a plan uses: each round at least halves the rate.
 MAX_ROUNDS = 3
@@ -111,42 +112,11 @@ def correction_gates(bell_index: int) -> tuple[GateName, ...]:
     return _CORRECTIONS[bell_index]
 
 
-def _apply(rho: Matrix, op: Matrix, targets: tuple[int, ...], n: int) -> Matrix:
-    k = len(targets)
-    t = rho.reshape((2,) * (2 * n))
-    u = op.reshape((2,) * (2 * k))
-    t = np.tensordot(u, t, axes=(list(range(k, 2 * k)), list(targets)))
-    t = np.moveaxis(t, list(range(k)), list(targets))
-    cols = [n + q for q in targets]
-    t = np.tensordot(t, u.conj(), axes=(cols, list(range(k, 2 * k))))
-    t = np.moveaxis(t, list(range(2 * n - k, 2 * n)), cols)
-    out: Matrix = np.ascontiguousarray(t).reshape(1 << n, 1 << n)
-    return out
-
-
-def _depolarize(rho: Matrix, targets: tuple[int, ...], p: float, n: int) -> Matrix:
-    """ρ → (1−p)ρ + p·(I/2^k ⊗ Tr_targets ρ), the backend's gate-noise channel."""
-    if p <= 0.0:
-        return rho
-    k = len(targets)
-    src = list(targets) + [n + q for q in targets]
-    t = np.moveaxis(rho.reshape((2,) * (2 * n)), src, list(range(2 * k)))
-    dk = 1 << k
-    blocks = t.reshape((dk, dk, *t.shape[2 * k :]))
-    reduced = sum(blocks[i, i] for i in range(dk))
-    out = (1.0 - p) * blocks
-    for i in range(dk):
-        out[i, i] += (p / dk) * reduced
-    t = np.moveaxis(out.reshape(t.shape), list(range(2 * k)), src)
-    result: Matrix = np.ascontiguousarray(t).reshape(1 << n, 1 << n)
-    return result
-
-
 def correct_to_phi_plus(rho: Matrix, bell_index: int, slave: NodeParams) -> Matrix:
     """The slave's correction gates (with its gate noise) on a pair of index ``bell_index``."""
     for gate in correction_gates(bell_index):
         op = gate_matrix(gate)
-        rho = _depolarize(_apply(rho, op, (1,), 2), (1,), slave.gate_error_1q, 2)
+        rho = depolarized(conjugate(rho, op, (1,), 2), (1,), slave.gate_error_1q, 2)
     return rho
 
 
@@ -165,11 +135,11 @@ def dejmps(
     n = 4  # qubit order: keep master, keep slave, sacrifice master, sacrifice slave
     rho: Matrix = np.kron(keep, sacrifice).astype(np.complex128)
     for q, angle, node in ((0, MASTER_ANGLE, master), (2, MASTER_ANGLE, master)):
-        rho = _depolarize(_apply(rho, rx(angle), (q,), n), (q,), node.gate_error_1q, n)
+        rho = depolarized(conjugate(rho, rx(angle), (q,), n), (q,), node.gate_error_1q, n)
     for q, angle, node in ((1, SLAVE_ANGLE, slave), (3, SLAVE_ANGLE, slave)):
-        rho = _depolarize(_apply(rho, rx(angle), (q,), n), (q,), node.gate_error_1q, n)
-    rho = _depolarize(_apply(rho, CNOT, (0, 2), n), (0, 2), master.gate_error_2q, n)
-    rho = _depolarize(_apply(rho, CNOT, (1, 3), n), (1, 3), slave.gate_error_2q, n)
+        rho = depolarized(conjugate(rho, rx(angle), (q,), n), (q,), node.gate_error_1q, n)
+    rho = depolarized(conjugate(rho, CNOT, (0, 2), n), (0, 2), master.gate_error_2q, n)
+    rho = depolarized(conjugate(rho, CNOT, (1, 3), n), (1, 3), slave.gate_error_2q, n)
     t = rho.reshape(4, 2, 2, 4, 2, 2)  # (keep, m_master, m_slave) rows and columns
     ea, eb = master.measure_error, slave.measure_error
     same = (1 - ea) * (1 - eb) + ea * eb

@@ -51,6 +51,58 @@ def _split(rho: Matrix, pos: int, n: int) -> Matrix:
     return rho.reshape(left, 2, right, left, 2, right)
 
 
+def conjugate(rho: Matrix, op: Matrix, positions: Sequence[int], n: int) -> Matrix:
+    """ρ → UρU† for the k-qubit unitary ``op`` on tensor axes ``positions`` of an n-qubit ρ,
+    acting on those axes only (no full-size Kronecker product)."""
+    positions = list(positions)
+    k = len(positions)
+    if k == n:
+        if positions != list(range(n)):
+            op = _permute_operator(op, [positions.index(j) for j in range(n)])
+        out: Matrix = op @ rho @ op.conj().T
+        return out
+    if k == 1:
+        # U acts on the row index, U* on the column index, each as a batched 2x2 matmul.
+        pos = positions[0]
+        left, right = 1 << pos, 1 << (n - pos - 1)
+        d = 1 << n
+        rows = np.matmul(op, rho.reshape(left, 2, right * d))
+        cols = np.matmul(op.conj(), rows.reshape(d * left, 2, right))
+        result: Matrix = cols.reshape(d, d)
+        return result
+    t = rho.reshape((2,) * (2 * n))
+    u = op.reshape((2,) * (2 * k))
+    ins = list(range(k, 2 * k))
+    t = np.tensordot(u, t, axes=(ins, positions))
+    t = np.moveaxis(t, list(range(k)), positions)
+    cols = [n + p for p in positions]
+    t = np.tensordot(t, u.conj(), axes=(cols, ins))
+    t = np.moveaxis(t, list(range(2 * n - k, 2 * n)), cols)
+    d = 1 << n
+    full: Matrix = np.ascontiguousarray(t).reshape(d, d)
+    return full
+
+
+def depolarized(rho: Matrix, positions: Sequence[int], p: float, n: int) -> Matrix:
+    """k-qubit depolarising channel on tensor axes ``positions``: (1−p)ρ + p·(I/2^k ⊗ Tr ρ)."""
+    if p <= 0.0:
+        return rho
+    positions = list(positions)
+    k = len(positions)
+    src = positions + [n + q for q in positions]
+    t = np.moveaxis(rho.reshape((2,) * (2 * n)), src, list(range(2 * k)))
+    dk = 1 << k
+    blocks = t.reshape((dk, dk, *t.shape[2 * k :]))
+    reduced = sum(blocks[i, i] for i in range(dk))
+    out = (1.0 - p) * blocks
+    for i in range(dk):
+        out[i, i] += (p / dk) * reduced
+    t = np.moveaxis(out.reshape(t.shape), list(range(2 * k)), src)
+    d = 1 << n
+    result: Matrix = np.ascontiguousarray(t).reshape(d, d)
+    return result
+
+
 class StateEngine:
     """All qubit states of one backend. ``rng`` draws measurement outcomes."""
 
@@ -136,36 +188,7 @@ class StateEngine:
             raise InvalidArgument(f"a gate's qubits must be distinct, got {list(qubits)}")
         group = self.merge(qubits)
         positions = [group.qubits.index(q) for q in qubits]
-        group.rho = self._conjugate(group.rho, op, positions, group.size)
-
-    @staticmethod
-    def _conjugate(rho: Matrix, op: Matrix, positions: list[int], n: int) -> Matrix:
-        k = len(positions)
-        if k == n:
-            if positions != list(range(n)):
-                op = _permute_operator(op, [positions.index(j) for j in range(n)])
-            out: Matrix = op @ rho @ op.conj().T
-            return out
-        if k == 1:
-            # U acts on the row index, U* on the column index, each as a batched 2x2 matmul.
-            pos = positions[0]
-            left, right = 1 << pos, 1 << (n - pos - 1)
-            d = 1 << n
-            rows = np.matmul(op, rho.reshape(left, 2, right * d))
-            cols = np.matmul(op.conj(), rows.reshape(d * left, 2, right))
-            result: Matrix = cols.reshape(d, d)
-            return result
-        t = rho.reshape((2,) * (2 * n))
-        u = op.reshape((2,) * (2 * k))
-        ins = list(range(k, 2 * k))
-        t = np.tensordot(u, t, axes=(ins, positions))
-        t = np.moveaxis(t, list(range(k)), positions)
-        cols = [n + p for p in positions]
-        t = np.tensordot(t, u.conj(), axes=(cols, ins))
-        t = np.moveaxis(t, list(range(2 * n - k, 2 * n)), cols)
-        d = 1 << n
-        full: Matrix = np.ascontiguousarray(t).reshape(d, d)
-        return full
+        group.rho = conjugate(group.rho, op, positions, group.size)
 
     def measure(
         self, qubit: int, basis: Basis, *, keep: bool = False, rng: random.Random | None = None
@@ -231,19 +254,8 @@ class StateEngine:
             self.single_qubit_noise(qubits[0], depolar=p)
             return
         group = self.merge(qubits)
-        n, k = group.size, len(qubits)
         positions = [group.qubits.index(q) for q in qubits]
-        src = positions + [n + p_ for p_ in positions]
-        t = np.moveaxis(group.rho.reshape((2,) * (2 * n)), src, list(range(2 * k)))
-        dk = 1 << k
-        blocks = t.reshape((dk, dk, *t.shape[2 * k :]))
-        reduced = sum(blocks[i, i] for i in range(dk))
-        out = (1.0 - p) * blocks
-        for i in range(dk):
-            out[i, i] += (p / dk) * reduced
-        t = np.moveaxis(out.reshape(t.shape), list(range(2 * k)), src)
-        d = 1 << n
-        group.rho = np.ascontiguousarray(t).reshape(d, d)
+        group.rho = depolarized(group.rho, positions, p, group.size)
 
     # -- inspection (oracle and tests; never part of the node-facing API) ----------------
 
