@@ -123,6 +123,24 @@ def _links(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
+def _routes(args: argparse.Namespace) -> int:
+    from qnet.daemon.report import format_routes, gather_routes
+
+    state = _state(_run_dir(args))
+    routes = _run(lambda: gather_routes(state, args.node))
+    print(format_routes(state, routes))
+    return 0 if routes.converged else 1
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from qnet.daemon.launcher import restart
+    from qnet.daemon.report import format_restart
+
+    run_dir = _run_dir(args)
+    print(format_restart(_run(lambda: restart(run_dir, args.node, timeout_s=args.timeout))))
+    return 0
+
+
 def _add_run_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
@@ -136,8 +154,9 @@ def _add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "up",
         help="start a network of local daemons from a topology file",
         description="Start qnet-channeld and one qnetd per node as local processes, wait"
-        " until all are healthy and linked, print them, record addresses, PIDs and logs in"
-        " the run directory, and return (the daemons keep running).",
+        " until all are healthy and linked and every routing table is complete, print them,"
+        " record addresses, PIDs and logs in the run directory, and return (the daemons keep"
+        " running).",
     )
     up.add_argument("topology", help="topology file (TOML)")
     _add_run_dir(up)
@@ -160,6 +179,24 @@ def _add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     links = sub.add_parser("links", help="per link: pairs, generation rate and fidelity so far")
     _add_run_dir(links)
     links.set_defaults(run=_links)
+    routes = sub.add_parser(
+        "routes",
+        help="a node's routing table: next hop, path, cost and fidelity per destination",
+    )
+    routes.add_argument("node", help="name of the node")
+    _add_run_dir(routes)
+    routes.set_defaults(run=_routes)
+    restart = sub.add_parser(
+        "restart",
+        help="stop one node's daemon (if it runs) and start it again",
+        description="Stop the daemon of NODE if it still runs, start it again with the"
+        " command line recorded in the run directory, link it to its neighbours and wait"
+        " until routing is complete again on every node.",
+    )
+    restart.add_argument("node", help="name of the node")
+    _add_run_dir(restart)
+    restart.add_argument("--timeout", type=float, default=30.0, help="seconds allowed (default 30)")
+    restart.set_defaults(run=_restart)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,6 +101,15 @@ class ChannelServer:
         session.send.send_nowait(ended)
         session.send.close()
 
+    def end_session(self, token: str, reason: str) -> None:
+        """End a session and forget its node: generation stops, its qubits are freed, its
+        event stream ends with ``SessionEnded``. What a crashed daemon's registration comes
+        to; in-process only (``qnet.sim`` stops nodes with it), not a Channel API call."""
+        session = self._session(token)
+        self.core.unregister_node(session.node, self._now())
+        self._end_session(session, reason)
+        self._after_request()
+
     # -- handlers ------------------------------------------------------------------------
 
     async def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:

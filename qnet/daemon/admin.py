@@ -1,4 +1,4 @@
-"""The NodeAdmin service of node.proto: health, status, neighbour addresses, counters.
+"""The NodeAdmin service of node.proto: health, status, neighbour addresses, counters, routes.
 
 It is served from the moment the daemon's gRPC server listens; until the node is running
 (registered with the backend, links declared, peer transport up) Health answers
@@ -7,7 +7,6 @@ It is served from the moment the daemon's gRPC server listens; until the node is
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from qnet.daemon import wire
 from qnet.daemon.config import split_address
 from qnet.daemon.link_service import LinkService
 from qnet.daemon.procs import resident_bytes
-from qnet.errors import InvalidArgument, NotFound, Unreachable
+from qnet.errors import NotFound, Unreachable
 from qnet.node.grpc_transport import GrpcPeerTransport, TransportStats
 from qnet.node.runtime import NodeRuntime
 from qnet.runtime.grpc_bridge import TrioGrpcBridge
@@ -58,6 +57,8 @@ class AdminService:
                 "WaitLinked": self.wait_linked,
                 "Links": self.links,
                 "Counters": self.counters,
+                "Routes": self.routes,
+                "WaitRoutes": self.wait_routes,
             },
         )
 
@@ -107,6 +108,7 @@ class AdminService:
             channel=node.channel_address,
             now_ns=max(runtime.now(), 0),
             time_scale=runtime.clock.scale,
+            routing_converged=runtime.routing_converged.is_set(),
         )
 
     async def set_peers(self, req: pb.SetPeersRequest) -> pb.SetPeersResponse:
@@ -129,8 +131,7 @@ class AdminService:
     async def wait_linked(self, req: pb.WaitLinkedRequest) -> pb.WaitLinkedResponse:
         wire.check_version(req)
         node = self._running()
-        if not (math.isfinite(req.timeout_s) and 0 <= req.timeout_s <= MAX_WAIT_S):
-            raise InvalidArgument(f"timeout_s must be in [0, {MAX_WAIT_S}], got {req.timeout_s}")
+        wire.check_timeout(req.timeout_s, MAX_WAIT_S)
         peers = list(req.peers) or list(node.topology.neighbours(self.node))
         unknown = [p for p in peers if p not in node.transport.peers]
         if unknown:
@@ -174,5 +175,25 @@ class AdminService:
             node=self.node,
             peers=[wire.peer_counters(s) for s in stats.peers.values()],
             refused_streams=stats.refused,
-            protocol_errors=node.runtime.protocol_errors,
+            protocol_errors=node.runtime.protocol_errors + node.runtime.routing.protocol_errors,
         )
+
+    async def routes(self, req: pb.RoutesRequest) -> pb.RoutesResponse:
+        wire.check_version(req)
+        node = self._running()
+        wire.check_timeout(req.timeout_s, MAX_WAIT_S)
+        routing = node.runtime.routing
+        if req.after_version:
+            with trio.move_on_after(req.timeout_s):
+                await routing.wait_changed(req.after_version)
+        return wire.routes_response(routing, node.topology.neighbours(self.node))
+
+    async def wait_routes(self, req: pb.WaitRoutesRequest) -> pb.RoutesResponse:
+        wire.check_version(req)
+        node = self._running()
+        wire.check_timeout(req.timeout_s, MAX_WAIT_S)
+        routing = node.runtime.routing
+        with trio.move_on_after(req.timeout_s):
+            while not routing.complete():
+                await routing.wait_changed(routing.version)
+        return wire.routes_response(routing, node.topology.neighbours(self.node))

@@ -68,6 +68,22 @@ class DaemonClient:
             self._admin.Counters, pb.CountersRequest(protocol_version=V), error_mapper=self._map
         )
 
+    async def routes(self, after_version: int = 0, timeout_s: float = 0.0) -> pb.RoutesResponse:
+        """The routing state now, or (``after_version`` set) once it is newer than that."""
+        return await unary_call(
+            self._admin.Routes,
+            pb.RoutesRequest(protocol_version=V, after_version=after_version, timeout_s=timeout_s),
+            error_mapper=self._map,
+        )
+
+    async def wait_routes(self, timeout_s: float) -> pb.RoutesResponse:
+        """Once routing is complete (the topology's table), or after ``timeout_s``."""
+        return await unary_call(
+            self._admin.WaitRoutes,
+            pb.WaitRoutesRequest(protocol_version=V, timeout_s=timeout_s),
+            error_mapper=self._map,
+        )
+
     # -- LinkLayer ----------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -81,10 +97,15 @@ class DaemonClient:
             yield events
 
     @asynccontextmanager
-    async def link_events(self, peer: str) -> AsyncGenerator[AsyncIterator[pb.LinkEvent], None]:
+    async def link_events(
+        self, peer: str, *, measure_on_delivery: Basis | None = None
+    ) -> AsyncGenerator[AsyncIterator[pb.LinkEvent], None]:
         """Events of the neighbour's requests on the link to ``peer``; entering returns once
-        the daemon confirmed the subscription."""
+        the daemon confirmed the subscription. ``measure_on_delivery``: the daemon measures
+        each KEEP qubit in this basis as it delivers it (the OK carries the outcome)."""
         request = pb.LinkEventsRequest(protocol_version=V, peer=peer)
+        if measure_on_delivery is not None:
+            request.measure_on_delivery = BASIS_TO_WIRE[measure_on_delivery]
         async with server_stream(self._link.LinkEvents, request, error_mapper=self._map) as events:
             first = await anext(aiter(events), None)
             if first is None or first.WhichOneof("event") != "subscribed":
@@ -100,6 +121,17 @@ class DaemonClient:
             error_mapper=self._map,
         )
         return resp.outcome
+
+    async def measure_qubits(self, qubits: Sequence[int], bases: Sequence[Basis]) -> list[int]:
+        """Measure several held qubits in one call, each in its basis."""
+        resp = await unary_call(
+            self._link.MeasureQubits,
+            pb.MeasureQubitsRequest(
+                protocol_version=V, qubits=qubits, bases=[BASIS_TO_WIRE[b] for b in bases]
+            ),
+            error_mapper=self._map,
+        )
+        return list(resp.outcomes)
 
     async def free_qubits(self, qubits: Sequence[int]) -> None:
         await unary_call(

@@ -1,12 +1,17 @@
-"""``qnet up`` and ``qnet down``: a whole network as local daemon processes.
+"""``qnet up``, ``qnet down`` and ``qnet restart``: a whole network as local daemon processes.
 
 ``up`` starts qnet-channeld and one qnetd per node at the same time (each daemon waits, bounded,
 for the backend to accept connections, so nobody waits for a sequential start), each in its own
 session so that it outlives the launcher, with stdout on a pipe for its readiness line and
 stderr in ``logs/`` of the run directory. Once every daemon is ready it tells each node its
-neighbours' addresses (NodeAdmin.SetPeers) and waits until every node's streams to its
-neighbours are connected (NodeAdmin.WaitLinked, an event on the daemon's side, not a poll).
-Any failure on the way stops every daemon it started and names what went wrong.
+neighbours' addresses (NodeAdmin.SetPeers), waits until every node's streams to its
+neighbours are connected (NodeAdmin.WaitLinked) and then until every node's routing table is
+the one the topology gives (NodeAdmin.WaitRoutes); both are events on the daemon's side, not
+polls. Any failure on the way stops every daemon it started and names what went wrong.
+
+``restart`` stops one node's daemon if it still runs and starts it again with the command line
+recorded for it, then links it up the same way (its new address goes to its neighbours) and
+waits for routing to be complete again on every node.
 
 ``down`` stops the recorded daemons by PID: SIGTERM (nodes first, then the backend), a bounded
 wait for each exit, SIGKILL for leftovers, a check that each PID is gone, then the state file
@@ -44,6 +49,7 @@ from qnet.errors import (
     Unreachable,
 )
 from qnet.topology import Topology, load_topology
+from qnet.v1 import node_pb2 as pb
 
 #: Default bound on the whole of ``qnet up`` (start, readiness, links).
 UP_TIMEOUT_S = 30.0
@@ -133,7 +139,9 @@ class _Launch:
                 stderr=err,
                 start_new_session=True,  # its own session: it outlives `qnet up`
             )
-        record = DaemonRecord(name, program, proc.pid, procs.start_time(proc.pid), str(log))
+        record = DaemonRecord(
+            name, program, proc.pid, procs.start_time(proc.pid), str(log), argv=tuple(argv)
+        )
         child = _Child(record, proc)
         self.children.append(child)
         self._record(record)
@@ -276,14 +284,8 @@ async def _start(
     ]
     children = [await launch.spawn("channel", CHANNEL_PROGRAM, channel_argv)]
     for spec in topology.nodes:
-        argv = [
-            *_program(NODE_PROGRAM, "qnet.daemons.qnetd"),
-            *("--node", spec.name, "--topology", str(topology_path)),
-            *("--channel", channel_address, "--channel-timeout", f"{timeout_s:g}"),
-            *("--log-level", log_level),
-        ]
+        argv = _node_argv(spec.name, topology_path, channel_address, timeout_s, log_level)
         children.append(await launch.spawn(spec.name, NODE_PROGRAM, argv))
-    from qnet.daemon import control  # while the daemons start, not after
 
     ready = {child.record.name: trio.Event() for child in children}
     problems: list[str] = []
@@ -293,23 +295,11 @@ async def _start(
         ready[child.record.name].set()
 
     async def link_one(name: str) -> None:
-        """Once the node and its neighbours are ready: tell it their addresses and wait
-        until its streams to them are up (linking overlaps the start of other daemons)."""
-        neighbours = topology.neighbours(name)
-        for peer in (name, *neighbours):
+        """Once the node and its neighbours are ready: link it up (overlapping the start of
+        other daemons), then wait for its routing."""
+        for peer in (name, *topology.neighbours(name)):
             await ready[peer].wait()
-        nodes = launch.state.nodes
-        async with control.open_daemon_client(nodes[name].address) as client:
-            await client.set_peers({p: nodes[p].address for p in neighbours})
-            remaining = max(launch.deadline - trio.current_time(), 0.0)
-            resp = await client.wait_linked(remaining)
-        if not resp.linked:
-            down = [
-                f"{n.peer} ({n.last_error or 'no answer yet'})"
-                for n in resp.neighbours
-                if not n.connected
-            ]
-            problems.append(f"{name} is not linked to {', '.join(down)}")
+        problems.extend(await _link_node(launch, topology, name))
 
     with trio.move_on_at(launch.deadline + 1.0) as wait:
         async with trio.open_nursery() as nursery:
@@ -318,9 +308,66 @@ async def _start(
             for spec in topology.nodes:
                 nursery.start_soon(link_one, spec.name)
     if wait.cancelled_caught:
-        problems.append("the daemons did not answer WaitLinked in time")
+        problems.append("the daemons did not answer WaitLinked or WaitRoutes in time")
     if problems:
-        raise Timeout("the network did not link up in time: " + "; ".join(sorted(problems)))
+        raise Timeout(
+            "the network did not link up and route in time: " + "; ".join(sorted(problems))
+        )
+
+
+def _node_argv(
+    node: str, topology_path: Path, channel_address: str, timeout_s: float, log_level: str
+) -> list[str]:
+    return [
+        *_program(NODE_PROGRAM, "qnet.daemons.qnetd"),
+        *("--node", node, "--topology", str(topology_path)),
+        *("--channel", channel_address, "--channel-timeout", f"{timeout_s:g}"),
+        *("--log-level", log_level),
+    ]
+
+
+async def _link_node(
+    launch: _Launch, topology: Topology, name: str, *, tell_neighbours: bool = False
+) -> list[str]:
+    """Tell node ``name`` its neighbours' addresses (and, with ``tell_neighbours``, tell them
+    its own), wait until its streams to them are up, then until its routing table is complete.
+    Returns the problems, as text."""
+    from qnet.daemon import control
+
+    nodes = launch.state.nodes
+    neighbours = topology.neighbours(name)
+    if tell_neighbours:
+        for peer in neighbours:
+            async with control.open_daemon_client(nodes[peer].address) as client:
+                await client.set_peers({name: nodes[name].address})
+    async with control.open_daemon_client(nodes[name].address) as client:
+        await client.set_peers({p: nodes[p].address for p in neighbours})
+        linked = await client.wait_linked(_remaining(launch))
+        if not linked.linked:
+            down = [
+                f"{n.peer} ({n.last_error or 'no answer yet'})"
+                for n in linked.neighbours
+                if not n.connected
+            ]
+            return [f"{name} is not linked to {', '.join(down)}"]
+        routes = await client.wait_routes(_remaining(launch))
+    if not routes.complete:
+        return [_incomplete(topology, routes)]
+    return []
+
+
+def _remaining(launch: _Launch) -> float:
+    return max(launch.deadline - trio.current_time(), 0.0)
+
+
+def _incomplete(topology: Topology, routes: pb.RoutesResponse) -> str:
+    if not routes.converged:
+        return f"routing on {routes.node} has not converged"
+    reached = {r.destination for r in routes.routes}
+    missing = [n for n in topology.node_names if n != routes.node and n not in reached]
+    if missing:
+        return f"{routes.node} has no route to {', '.join(missing)}"
+    return f"{routes.node}'s routes differ from the topology's shortest paths"
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,3 +421,94 @@ async def _stop_group(daemons: list[DaemonRecord]) -> list[DaemonRecord]:
         for d in stubborn:
             nursery.start_soon(wait, d, KILL_WAIT_S)
     return stubborn
+
+
+# -- restart ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RestartResult:
+    record: DaemonRecord
+    #: The daemon it replaced was still running (and was stopped first).
+    was_running: bool
+    elapsed_s: float
+    notes: tuple[str, ...]
+
+
+async def restart(run_dir: Path, node: str, *, timeout_s: float = UP_TIMEOUT_S) -> RestartResult:
+    """Start node ``node`` of the network recorded in ``run_dir`` again (stopping it first if
+    it runs); return once it is linked and routing is complete on every running node."""
+    started = time.monotonic()
+    rd = RunDir(run_dir)
+    with rd.lock():
+        state = rd.read_state()
+        if state is None:
+            raise FailedPrecondition(f"no network is recorded in {rd.path}: nothing to restart")
+        old = state.nodes.get(node)
+        if old is None:
+            known = ", ".join(state.nodes) or "none"
+            raise InvalidArgument(f"network {state.network} has no node {node!r} (nodes: {known})")
+        channel = state.channel
+        if channel is None or not channel.running():
+            raise FailedPrecondition(
+                f"qnet-channeld of network {state.network} is not running; start the network"
+                " again with `qnet down` then `qnet up`"
+            )
+        topology = load_topology(state.topology)
+        was_running = old.running()
+        if was_running:
+            await _stop_group([old])
+        argv = list(old.argv) or _node_argv(
+            node, Path(state.topology), channel.address, timeout_s, "INFO"
+        )
+        launch = _Launch(rd, state, trio.current_time() + timeout_s)
+        child = await launch.spawn(node, NODE_PROGRAM, argv)
+        try:
+            with trio.move_on_at(launch.deadline + 1.0) as wait:
+                await launch.wait_ready(child)
+                problems, notes = await _relink(launch, topology, node)
+            if wait.cancelled_caught:
+                problems = [f"{node} did not link up and route in time"]
+            if problems:
+                raise Timeout(f"{node} restarted, but: " + "; ".join(problems))
+        except BaseException:
+            await launch.stop_all()
+            raise
+    return RestartResult(child.record, was_running, time.monotonic() - started, tuple(notes))
+
+
+async def _relink(launch: _Launch, topology: Topology, node: str) -> tuple[list[str], list[str]]:
+    """Link a restarted node to its running neighbours; wait for complete routes everywhere
+    if every node runs, else only for the restarted node's routing to converge."""
+    from qnet.daemon import control
+
+    nodes = launch.state.nodes
+    down = [n for n, record in nodes.items() if n != node and not record.running()]
+    if not down:
+        problems = await _link_node(launch, topology, node, tell_neighbours=True)
+        if problems:
+            return problems, []
+
+        async def wait_one(name: str) -> None:
+            async with control.open_daemon_client(nodes[name].address) as client:
+                routes = await client.wait_routes(_remaining(launch))
+            if not routes.complete:
+                problems.append(_incomplete(topology, routes))
+
+        async with trio.open_nursery() as nursery:
+            for name in nodes:
+                nursery.start_soon(wait_one, name)
+        return problems, []
+    note = f"not running: {', '.join(down)}; routes were not checked against the topology"
+    async with control.open_daemon_client(nodes[node].address) as client:
+        up = [p for p in topology.neighbours(node) if p not in down]
+        await client.set_peers({p: nodes[p].address for p in up})
+        for peer in up:
+            async with control.open_daemon_client(nodes[peer].address) as neighbour:
+                await neighbour.set_peers({node: nodes[node].address})
+        await client.wait_linked(_remaining(launch), peers=up)
+        routes = await client.routes()
+        while not routes.converged and _remaining(launch) > 0:
+            routes = await client.routes(after_version=routes.version, timeout_s=_remaining(launch))
+    problems = [] if routes.converged else [f"routing on {node} has not converged"]
+    return problems, [note]

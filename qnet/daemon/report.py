@@ -1,5 +1,6 @@
-"""What ``qnet up``, ``qnet status`` and ``qnet links`` print: gathered from the daemons of a
-run directory (each RPC bounded), laid out as plain-text tables."""
+"""What ``qnet up``, ``qnet status``, ``qnet links``, ``qnet routes`` and ``qnet restart``
+print: gathered from the daemons of a run directory (each RPC bounded), laid out as plain-text
+tables."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 import trio
 
 from qnet.daemon import procs
-from qnet.daemon.launcher import DownResult, UpResult
+from qnet.daemon.launcher import DownResult, RestartResult, UpResult
 from qnet.daemon.rundir import DaemonRecord, NetworkState
-from qnet.errors import QnetError
+from qnet.errors import NotFound, QnetError
 from qnet.v1 import node_pb2 as pb
 
 #: Bound on each daemon's answer to ``qnet status`` and ``qnet links``.
@@ -52,7 +53,7 @@ def format_up(result: UpResult) -> str:
         for d in _shown(state.daemons())
     ]
     head = (
-        f"network {state.network} is up: {len(state.nodes)} nodes healthy and linked in"
+        f"network {state.network} is up: {len(state.nodes)} nodes healthy, linked and routed in"
         f" {result.elapsed_s:.2f} s (time scale {state.time_scale:g});"
         f" run directory {result.run_dir}"
     )
@@ -81,6 +82,7 @@ class StatusRow:
     uptime_s: float | None = None
     memory: str = "-"
     neighbours: str = "-"
+    routing: str = "-"
     detail: str = ""
 
     @property
@@ -110,6 +112,7 @@ async def _node_status(record: DaemonRecord) -> StatusRow:
         uptime_s=st.uptime_s,
         memory=f"{st.memory_qubits_in_use}/{st.memory_qubits_total}",
         neighbours=f"{linked}/{len(st.neighbours)}",
+        routing="converged" if st.routing_converged else "converging",
         detail=f"not linked to {', '.join(down)}" if down else "",
     )
 
@@ -162,13 +165,17 @@ def format_status(state: NetworkState, rows: Sequence[StatusRow]) -> str:
             r.memory,
             _mib(procs.resident_bytes(r.record.pid)) if r.health != "exited" else "-",
             r.neighbours,
+            r.routing,
             r.detail,
         ]
         for r in rows
     ]
     healthy = sum(r.healthy for r in rows)
     head = f"network {state.network} ({state.status}): {healthy}/{len(rows)} daemons healthy"
-    headers = ["NAME", "HEALTH", "PID", "ADDRESS", "UPTIME", "QUBITS", "RSS", "LINKED", "DETAIL"]
+    headers = [
+        *("NAME", "HEALTH", "PID", "ADDRESS", "UPTIME", "QUBITS", "RSS", "LINKED", "ROUTING"),
+        "DETAIL",
+    ]
     return head + "\n" + format_table(headers, table)
 
 
@@ -246,3 +253,64 @@ def format_links(state: NetworkState, rows: Sequence[LinkRow], failures: Sequenc
     out.append(format_table(headers, table))
     out += [f"no answer from {f}" for f in failures]
     return "\n".join(out)
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+_STATE_NAMES = {
+    pb.ROUTING_NEIGHBOUR_STATE_DOWN: "down",
+    pb.ROUTING_NEIGHBOUR_STATE_INIT: "init",
+    pb.ROUTING_NEIGHBOUR_STATE_UP: "up",
+}
+
+
+async def gather_routes(state: NetworkState, node: str) -> pb.RoutesResponse:
+    """The routing state of ``node``'s daemon (bounded)."""
+    from qnet.daemon.control import open_daemon_client
+
+    record = state.nodes.get(node)
+    if record is None:
+        known = ", ".join(state.nodes) or "none"
+        raise NotFound(f"network {state.network} has no node {node!r} (nodes: {known})")
+    if not record.running():
+        raise QnetError(f"the daemon of {node} (pid {record.pid}) is not running")
+    try:
+        with trio.fail_after(RPC_TIMEOUT_S):
+            async with open_daemon_client(record.address) as client:
+                return await client.routes()
+    except trio.TooSlowError:
+        raise QnetError(f"{node} did not answer in {RPC_TIMEOUT_S:g} s") from None
+
+
+def format_routes(state: NetworkState, routes: pb.RoutesResponse) -> str:
+    status = "converged" if routes.converged else "not converged yet (the table may be partial)"
+    if routes.converged and not routes.complete:
+        status += "; differs from the topology with every node and link up"
+    head = (
+        f"routes of {routes.node} (network {state.network}): {status};"
+        f" cost in seconds per Bell pair at fidelity {routes.fidelity_threshold:g}"
+    )
+    rows = [
+        [
+            r.destination,
+            r.next_hop,
+            " ".join(r.path),
+            f"{r.cost_s:.4g}",
+            f"{r.fidelity:.4f}",
+        ]
+        for r in routes.routes
+    ]
+    headers = ["DESTINATION", "NEXT HOP", "PATH", "COST (s)", "FIDELITY"]
+    table = format_table(headers, rows) if rows else "no routes"
+    neighbours = ", ".join(f"{n.peer} {_STATE_NAMES.get(n.state, '?')}" for n in routes.neighbours)
+    return "\n".join([head, table, f"neighbours: {neighbours or 'none'}"])
+
+
+def format_restart(result: RestartResult) -> str:
+    d = result.record
+    what = "restarted" if result.was_running else "started again (it was not running)"
+    head = (
+        f"{d.name} {what} in {result.elapsed_s:.2f} s: pid {d.pid}, address {d.address},"
+        " linked and routed"
+    )
+    return "\n".join([*result.notes, head])

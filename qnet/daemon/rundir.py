@@ -4,7 +4,8 @@ Layout of a run directory (``.qnet-run`` in the current directory by default, or
 ``$QNET_RUN_DIR``)::
 
     state.json        what ``qnet up`` started: network, topology, and per daemon its
-                      address, PID, the kernel start time of that PID, and its log
+                      address, PID, the kernel start time of that PID, its log and its
+                      command line (``qnet restart`` starts a node again with it)
     lock              held (flock) while ``qnet up`` or ``qnet down`` changes the network
     logs/NAME.log     each daemon's stderr (``channeld.log``, ``qnetd-NODE.log``)
 
@@ -52,6 +53,14 @@ class DaemonRecord:
     log: str
     #: ``host:port``; "" until the daemon announced it.
     address: str = ""
+    #: The command line it was started with (empty in state files from before it was kept).
+    argv: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DaemonRecord:
+        fields = dict(data)
+        fields["argv"] = tuple(str(a) for a in fields.get("argv", ()))
+        return cls(**fields)
 
     def running(self) -> bool:
         return is_running(self.pid, self.start_time)
@@ -93,8 +102,8 @@ class NetworkState:
             status=str(data["status"]),
             started_at=float(data["started_at"]),
             launcher_pid=int(data["launcher_pid"]),
-            channel=DaemonRecord(**channel) if channel is not None else None,
-            nodes={str(k): DaemonRecord(**v) for k, v in dict(data["nodes"]).items()},
+            channel=DaemonRecord.from_json(channel) if channel is not None else None,
+            nodes={str(k): DaemonRecord.from_json(v) for k, v in dict(data["nodes"]).items()},
         )
 
 

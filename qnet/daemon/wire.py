@@ -8,12 +8,17 @@ the field.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 from qnet.channel import wire as channel_wire
 from qnet.errors import InvalidArgument, VersionMismatch
 from qnet.link.events import BasisChoice, CreateErr, CreateRequest, ErrorCode, Kind, PairOk
+from qnet.network.neighbours import NeighbourState
 from qnet.node.grpc_transport import PeerStats
+from qnet.node.routing_driver import NodeRouting
+from qnet.physical.gates import Basis
+from qnet.v1 import channel_pb2 as channel_pb
 from qnet.v1 import node_pb2 as pb
 
 #: The Node API version this implementation speaks.
@@ -43,6 +48,7 @@ ERROR_CODE_TO_WIRE: dict[ErrorCode, pb.LinkErrorCode.ValueType] = {
     ErrorCode.EXPIRED: pb.LINK_ERROR_CODE_EXPIRED,
     ErrorCode.NO_MEMORY: pb.LINK_ERROR_CODE_NO_MEMORY,
     ErrorCode.DENIED: pb.LINK_ERROR_CODE_DENIED,
+    ErrorCode.CANCELLED: pb.LINK_ERROR_CODE_CANCELLED,
 }
 
 
@@ -93,6 +99,21 @@ def create_request_from_wire(msg: pb.LinkCreateRequest) -> CreateRequest:
     )
 
 
+def measure_on_delivery(
+    value: channel_pb.Basis.ValueType, kind: Kind | None = None
+) -> Basis | None:
+    """The basis a client asked its KEEP qubits to be measured in as they are delivered, or
+    None (held for it). ``kind``: the request's, for LinkCreate."""
+    if value == channel_pb.BASIS_UNSPECIFIED:
+        return None
+    if kind is not None and kind is not Kind.KEEP:
+        raise InvalidArgument("measure_on_delivery applies to KEEP requests only")
+    try:
+        return channel_wire.basis_from_wire(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"measure_on_delivery: {exc}") from None
+
+
 def accepted_event(origin: str, create_id: int) -> pb.LinkEvent:
     return pb.LinkEvent(
         protocol_version=V, accepted=pb.LinkAccepted(origin=origin, create_id=create_id)
@@ -114,6 +135,8 @@ def ok_event(ok: PairOk) -> pb.LinkEvent:
         fidelity_estimate=ok.fidelity_estimate,
         estimate_time_ns=max(ok.estimate_time_ns, 0),
         index_in_request=ok.index_in_request,
+        # A KEEP pair with an outcome was measured by the daemon for the client.
+        measured=ok.kind is Kind.KEEP and ok.outcome is not None,
     )
     if ok.basis is not None:
         msg.basis = channel_wire.BASIS_TO_WIRE[ok.basis]
@@ -148,3 +171,42 @@ def peer_counters(stats: PeerStats) -> pb.PeerCounters:
         reconnects=stats.reconnects,
         last_error=stats.last_error,
     )
+
+
+NEIGHBOUR_STATE_TO_WIRE: dict[NeighbourState, pb.RoutingNeighbourState.ValueType] = {
+    NeighbourState.DOWN: pb.ROUTING_NEIGHBOUR_STATE_DOWN,
+    NeighbourState.INIT: pb.ROUTING_NEIGHBOUR_STATE_INIT,
+    NeighbourState.UP: pb.ROUTING_NEIGHBOUR_STATE_UP,
+}
+
+
+def routes_response(routing: NodeRouting, neighbours: Sequence[str]) -> pb.RoutesResponse:
+    """The routing state of a node; ``neighbours`` in the order to list them."""
+    states = routing.neighbours()
+    return pb.RoutesResponse(
+        protocol_version=V,
+        node=routing.node,
+        converged=routing.converged.is_set(),
+        complete=routing.complete(),
+        version=routing.version,
+        routes=[
+            pb.Route(
+                destination=r.destination,
+                next_hop=r.next_hop,
+                path=r.path,
+                cost_s=r.cost_s,
+                fidelity=r.fidelity,
+            )
+            for _, r in sorted(routing.routes().items())
+        ],
+        neighbours=[
+            pb.RoutingNeighbour(peer=peer, state=NEIGHBOUR_STATE_TO_WIRE[states[peer]])
+            for peer in neighbours
+        ],
+        fidelity_threshold=routing.config.fidelity_threshold,
+    )
+
+
+def check_timeout(timeout_s: float, limit_s: float) -> None:
+    if not (math.isfinite(timeout_s) and 0 <= timeout_s <= limit_s):
+        raise InvalidArgument(f"timeout_s must be in [0, {limit_s:g}], got {timeout_s}")

@@ -25,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qnet.errors import InvalidArgument, ProtocolError
+from qnet.errors import InvalidArgument, NotFound, ProtocolError
 from qnet.link import estimate, purify, slave
 from qnet.link.events import (
     Ack,
     Arm,
     BasisChoice,
+    Cancel,
     CreateErr,
     CreateRequest,
     Disarm,
@@ -51,13 +52,15 @@ from qnet.link.events import (
     Terminate,
 )
 from qnet.link.purify import Round
-from qnet.link.reliable import Deduplicator, ReliableSender
+from qnet.link.reliable import Deduplicator, ReliableSender, SmoothedDelay
 from qnet.link.requests import Finish, ReqInput, ReqState, Request, RequestKey
 from qnet.physical.gates import Basis, Matrix
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.physical.params import LinkParams, NodeParams
 
 _BASES = (Basis.Z, Basis.X, Basis.Y)
+#: Smallest measured delay that plans allow for: below it, none (qnet.sim measures exactly 0).
+_MIN_LATENCY_BUCKET_NS = 125_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,11 @@ class EgpConfig:
     #: Expected processing and messaging delay beyond the fibre's (0 in qnet.sim): plans aim
     #: at the fidelity pairs will have when they are delivered that much later.
     latency_ns: int = 0
+    #: Pairs in a row that may fall below a request's fidelity at delivery before the master
+    #: ends it with UNSUPPORTED: the plan promised better, so the model is wrong for this link
+    #: now, and waiting for max_time would only burn pairs. Well above ``pipeline``, since up
+    #: to that many pairs armed for the previous request may land on a new one.
+    max_misses: int = 32
 
 
 @dataclass(slots=True)
@@ -98,6 +106,9 @@ class Pair:
     alpha: float | None
     rho: Matrix | None = None
     times: tuple[int, int] = (0, 0)
+    #: (time, the ``rho`` it was computed from, ``rho`` aged to that time): offering and
+    #: delivering a pair both need it, at the same instant.
+    aged: tuple[int, Matrix, Matrix] | None = None
 
 
 class EgpCore:
@@ -114,6 +125,12 @@ class EgpCore:
         self.nodes = (local, remote) if self.is_master else (remote, local)
         self.rng = rng if rng is not None else random.Random(0)
         one_way = fibre_delay_ns(config.link.length_km)
+        self._one_way_ns = one_way
+        #: Emission to herald in light alone (node → midpoint → node).
+        self._flight_ns = 2 * fibre_delay_ns(config.link.length_km / 2)
+        #: How much later than light alone heralds reach this core (a loaded node, a slow
+        #: backend stream): with the peer messages' round trips, what plans must allow for.
+        self._herald_lag = SmoothedDelay()
         rto = config.rto_ns if config.rto_ns is not None else 4 * one_way + 100_000
         self._sender = ReliableSender(rto_ns=rto, max_rto_ns=max(rto, config.max_rto_ns))
         self._backoff_ns = rto
@@ -125,6 +142,16 @@ class EgpCore:
         self._dedup = Deduplicator()
         self._out: list[Output] = []
         self.requests: dict[RequestKey, Request] = {}
+        #: Requests still open or with pairs waiting to be delivered in order: what every input
+        #: looks at, so its cost does not grow with the requests served since start.
+        self._live: dict[RequestKey, Request] = {}
+        #: KEEP halves delivered to the layer above and not yet freed, as it last reported
+        #: (``set_upper_held``; None until its first report), and those delivered since.
+        self._upper_held: int | None = None
+        self._unreported = 0
+        #: Master: cancellations from the slave whose QueueAdd has not arrived yet. Slave: its
+        #: requests it has asked the master to cancel.
+        self._cancels: set[RequestKey] = set()
         self._next_create_id = 1
         self._order = 0
         self.pairs: dict[int, Pair] = {}
@@ -159,12 +186,18 @@ class EgpCore:
         cid = self._next_create_id
         self._next_create_id += 1
         key = (self.node, cid)
-        plan = estimate.plan(
-            self.config.link, *self.nodes, req.min_fidelity, self.config.latency_ns
-        )
+        latency = self._planning_latency()
+        plan = estimate.plan(self.config.link, *self.nodes, req.min_fidelity, latency)
         if plan is None:
             self._out.append(
-                CreateErr(self.node, cid, ErrorCode.UNSUPPORTED, None, self._unreachable(req))
+                CreateErr(
+                    self.node,
+                    cid,
+                    ErrorCode.UNSUPPORTED,
+                    None,
+                    self._unreachable(req),
+                    purpose=req.purpose,
+                )
             )
             return cid
         deadline = now + req.max_time_ns if req.max_time_ns > 0 else None
@@ -214,13 +247,51 @@ class EgpCore:
             raise InvalidArgument("kind must be a Kind and basis a BasisChoice")
 
     def _unreachable(self, req: CreateRequest) -> str:
-        best = estimate.plan(self.config.link, *self.nodes, 0.0, self.config.latency_ns)
+        best = estimate.plan(self.config.link, *self.nodes, 0.0, self._planning_latency())
         top = 0.0 if best is None else best.fidelity
         return (
             f"fidelity {req.min_fidelity} is out of reach on link {self.link_id}"
             f" (raw pairs reach about {top:.4f}; purification up to"
             f" {estimate.MAX_ROUNDS} rounds does not close the gap)"
         )
+
+    def cancel(self, create_id: int, now: int) -> bool:
+        """Withdraw a request this end issued. The master ends it with CANCELLED, at both ends
+        (a slave asks the master with ``Cancel``: the master decides, as for every other end).
+        Pairs assigned before that are still delivered, then both ends report the ERR, and
+        what the request held (armed qubits, pairs waiting for delivery or purification) is
+        freed. Returns False if the request had already ended."""
+        self._tick(now)
+        req = self.requests.get((self.node, create_id))
+        if req is None:
+            if 0 < create_id < self._next_create_id:
+                return False  # answered UNSUPPORTED by ``create``, never queued
+            raise NotFound(f"{self.node} issued no request {create_id} on link {self.link_id}")
+        if not req.open:
+            return False
+        if self.is_master:
+            self._terminate(req, ErrorCode.CANCELLED, f"cancelled by {self.node}", now)
+        elif req.key not in self._cancels:
+            self._cancels.add(req.key)
+            self._send(Cancel, now, origin=self.node, create_id=create_id)
+        self._update_arming(now)
+        return True
+
+    def set_upper_held(self, count: int, now: int) -> None:
+        """How many KEEP halves this core delivered that the layer above still holds (not yet
+        measured or freed), counting every OK it has taken from ``pop_outputs``. They fill
+        the same memory, so arming counts them: a user that never frees stops the link
+        (back-pressure, then NO_MEMORY), and freeing resumes it. From the first report on,
+        each KEEP half delivered counts as held until the next report; a layer above that
+        never reports is not counted (its frees show up as allocations failing or not)."""
+        self._tick(now)
+        if not isinstance(count, int) or count < 0:
+            raise InvalidArgument(f"held qubits must be an integer ≥ 0, got {count!r}")
+        if self._upper_held is not None and count < self._upper_held + self._unreported:
+            self._arm_blocked_until = -1  # room again: arm now, not after the back-off
+        self._upper_held = count
+        self._unreported = 0
+        self._update_arming(now)
 
     # -- physical layer ------------------------------------------------------------------------
 
@@ -246,6 +317,7 @@ class EgpCore:
             raise InvalidArgument(f"Bell index must be 0..3, got {bell_index!r}")
         missing = list(range(self.last_seq + 1, sequence))
         self.last_seq = sequence
+        self._herald_lag.sample(max(0, now - emitted_ns - self._flight_ns))
         self._full_since = None
         for seq in [s for s in self._herald_due if s <= sequence]:
             del self._herald_due[seq]
@@ -292,11 +364,7 @@ class EgpCore:
         self._armed = max(0, self._armed - 1)
         if self._alphas:
             self._alphas.pop()
-        self._arm_blocked_until = now + self._backoff_ns
-        if self.is_master:
-            self._note_full(now, f"{self.node} has no free memory qubit")
-        else:
-            self._send(MemoryFull, now)
+        self._memory_blocked(now, f"{self.node} has no free memory qubit")
         self._update_arming(now)
 
     # -- peer ----------------------------------------------------------------------------------
@@ -306,7 +374,7 @@ class EgpCore:
         that the protocol does not allow here raises ProtocolError."""
         self._tick(now)
         if isinstance(msg, Ack):
-            for done in self._sender.acknowledge(msg.msg_ids):
+            for done in self._sender.acknowledge(msg.msg_ids, now):
                 key = self._add_ids.pop(done.msg_id, None) if isinstance(done, QueueAdd) else None
                 if key is not None and self.requests[key].state is ReqState.QUEUED:
                     self.requests[key].fire(ReqInput.ACK)
@@ -337,7 +405,7 @@ class EgpCore:
     def next_deadline(self) -> int | None:
         times = [self._sender.next_deadline()]
         if self.is_master:
-            times += [r.deadline_ns for r in self.requests.values() if r.open]
+            times += [r.deadline_ns for r in self._live.values() if r.open]
         if self._armed < self.config.pipeline and self._head() is not None:
             times.append(self._arm_blocked_until)
         times += self._herald_due.values()
@@ -373,27 +441,36 @@ class EgpCore:
         record = Request(
             key, number, min_fidelity, deadline, kind, basis, purpose, priority, plan, self._order
         )
-        self.requests[key] = record
+        record.plan_latency_ns = self._planning_latency()
+        self.requests[key] = self._live[key] = record
         return record
+
+    def _live_requests(self) -> list[Request]:
+        """Requests still open or still delivering; ended ones leave the index here."""
+        live = [r for r in self._live.values() if r.open or r.ready]
+        if len(live) != len(self._live):
+            self._live = {r.key: r for r in live}
+        return live
 
     def _tick(self, now: int) -> None:
         """Master: time out requests whose deadline has passed (checked on every input, so a
         late ``on_timer`` cannot let a pair through after the deadline)."""
         if not self.is_master:
             return
-        for req in list(self.requests.values()):
+        for req in self._live_requests():
             if req.open and req.deadline_ns is not None and req.deadline_ns <= now:
                 self._terminate(req, ErrorCode.TIMEOUT, "max_time passed", now)
 
     def _head(self) -> Request | None:
         """The request served next: the master serves only ACTIVE ones; the slave arms for any
         open request it knows, as the master may serve it any moment."""
-        live = [
-            r
-            for r in self.requests.values()
-            if (r.state is ReqState.ACTIVE if self.is_master else r.open)
-        ]
-        return min(live, key=Request.service_key) if live else None
+        head: Request | None = None
+        for r in self._live_requests():
+            if (r.state is ReqState.ACTIVE if self.is_master else r.open) and (
+                head is None or r.service_key() < head.service_key()
+            ):
+                head = r
+        return head
 
     def _terminate(
         self,
@@ -432,6 +509,15 @@ class EgpCore:
         self._release_pool(req, now)
         self._check_finish(req)
 
+    def _memory_blocked(self, now: int, reason: str) -> None:
+        """Nothing could be armed for lack of memory: retry after a back-off; the master
+        counts the streak towards NO_MEMORY, the slave tells it."""
+        self._arm_blocked_until = now + self._backoff_ns
+        if self.is_master:
+            self._note_full(now, reason)
+        else:
+            self._send(MemoryFull, now)
+
     def _note_full(self, now: int, reason: str) -> None:
         """Memory is full at one end: fail the head request only once it has stayed full for
         the memory wait (a herald, which needs both ends armed, ends the streak)."""
@@ -465,7 +551,17 @@ class EgpCore:
         come from attempts armed for another request)."""
         if self._estimate(pair, now) < req.min_fidelity:
             self._discard((pair.seq,), now)
+            self._replan(req)
+            req.misses += 1
+            if req.misses >= self.config.max_misses:
+                reason = (
+                    f"{req.misses} pairs in a row fell below min_fidelity {req.min_fidelity}"
+                    f" at delivery on link {self.link_id} (the plan expected"
+                    f" {req.plan.fidelity:.4f}): the link cannot reach it now"
+                )
+                self._terminate(req, ErrorCode.UNSUPPORTED, reason, now)
             return
+        req.misses = 0
         index = req.assigned
         req.assigned += 1
         req.consume(pair.seq)
@@ -482,6 +578,32 @@ class EgpCore:
         if req.assigned == req.number:
             req.fire(ReqInput.COMPLETE)
             self._release_pool(req, now)
+
+    def _planning_latency(self) -> int:
+        """The delay beyond light in fibre that plans allow for before delivery: the
+        configured one, or more once heralds and peer round trips show more (their bounds,
+        rounded up to 125 µs × 2^k, so that plans, which are cached by latency and slow to
+        compute when they purify, change only when the delays do)."""
+        extra = self._herald_lag.bound()
+        extra += max(0, self._sender.rtt.bound() - 2 * self._one_way_ns) // 2
+        bucket = 0
+        if extra >= _MIN_LATENCY_BUCKET_NS:
+            bucket = _MIN_LATENCY_BUCKET_NS
+            while bucket < extra:
+                bucket *= 2
+        return max(self.config.latency_ns, bucket)
+
+    def _replan(self, req: Request) -> None:
+        """Master: a pair missed ``req``'s target; if the measured delays have outgrown what
+        its plan allowed for, plan again (usually a smaller bright state), so later pairs
+        meet the target at delivery instead of being thrown away."""
+        latency = self._planning_latency()
+        if latency <= req.plan_latency_ns:
+            return
+        plan = estimate.plan(self.config.link, *self.nodes, req.min_fidelity, latency)
+        req.plan_latency_ns = latency
+        if plan is not None:  # else keep trying the old one; the misses guard decides
+            req.plan = plan
 
     def _discard(self, seqs: tuple[int, ...], now: int) -> None:
         for seq in seqs:
@@ -503,9 +625,17 @@ class EgpCore:
             pair.times = (pair.emitted_ns, pair.emitted_ns)
 
     def _estimate(self, pair: Pair, now: int) -> float:
-        assert pair.rho is not None
-        dt = (now - pair.times[0], now - pair.times[1])
-        return estimate.pair_fidelity(estimate.age(pair.rho, self.nodes, dt), pair.bell_index)
+        return estimate.pair_fidelity(self._aged(pair, now), pair.bell_index)
+
+    def _aged(self, pair: Pair, now: int) -> Matrix:
+        """The pair's predicted state at ``now``."""
+        rho = pair.rho
+        assert rho is not None
+        if pair.aged is not None and pair.aged[0] == now and pair.aged[1] is rho:
+            return pair.aged[2]
+        aged = estimate.age(rho, self.nodes, (now - pair.times[0], now - pair.times[1]))
+        pair.aged = (now, rho, aged)
+        return aged
 
     def _deliver(self, req: Request, pair: Pair, index: int, now: int) -> None:
         req.consume(pair.seq)
@@ -529,6 +659,7 @@ class EgpCore:
         outcome: int | None,
         basis: Basis | None,
     ) -> PairOk:
+        weights = estimate.bell_coefficients(self._aged(pair, now))
         return PairOk(
             origin=req.key[0],
             create_id=req.key[1],
@@ -539,9 +670,10 @@ class EgpCore:
             outcome=outcome,
             basis=basis,
             bell_index=pair.bell_index,
-            fidelity_estimate=self._estimate(pair, now),
+            fidelity_estimate=weights[pair.bell_index],
             estimate_time_ns=now,
             index_in_request=index,
+            weights=weights,
         )
 
     def _ready(self, req: Request, index: int, ok: PairOk) -> None:
@@ -555,8 +687,11 @@ class EgpCore:
         while req.delivered in req.ready:
             if req.finish is not None and req.delivered >= req.finish.keep_count:
                 break
-            self._out.append(req.ready.pop(req.delivered))
+            delivered = req.ready.pop(req.delivered)
+            self._out.append(delivered)
             req.delivered += 1
+            if delivered.qubit is not None and self._upper_held is not None:
+                self._unreported += 1
         self._check_finish(req)
 
     def _check_finish(self, req: Request) -> None:
@@ -573,7 +708,11 @@ class EgpCore:
             if qubit is not None:
                 self._free_qubit(qubit)
         if fin.code is not None:
-            self._out.append(CreateErr(req.key[0], req.key[1], fin.code, fin.seq_range, fin.reason))
+            self._out.append(
+                CreateErr(
+                    req.key[0], req.key[1], fin.code, fin.seq_range, fin.reason, req.purpose
+                )
+            )
 
     # -- slave handlers ------------------------------------------------------------------------
 
@@ -587,7 +726,10 @@ class EgpCore:
             raise ProtocolError(f"EGP QueueAdd repeats request {key} under a new message id")
         req = self._request_from(msg)
         req.fire(ReqInput.ACK)
-        if sum(r.open for r in self.requests.values()) > self.config.max_queue:
+        if key in self._cancels:
+            self._cancels.discard(key)
+            self._terminate(req, ErrorCode.CANCELLED, f"cancelled by {msg.origin}", now)
+        elif sum(r.open for r in self._live_requests()) > self.config.max_queue:
             self._terminate(req, ErrorCode.DENIED, "the master's queue is full", now)
         elif req.plan.rounds < 0:
             self._terminate(req, ErrorCode.UNSUPPORTED, "fidelity out of reach", now)
@@ -603,6 +745,16 @@ class EgpCore:
         reason = f"{self.peer} lost its half of pair {msg.seq} after delivery was promised"
         self._terminate(req, ErrorCode.EXPIRED, reason, now, expired=(msg.index, msg.seq))
 
+    def _on_cancel(self, msg: Cancel, now: int) -> None:
+        if msg.origin != self.peer:
+            raise ProtocolError(f"EGP Cancel from the slave names origin {msg.origin!r}")
+        key = (msg.origin, msg.create_id)
+        req = self.requests.get(key)
+        if req is None:
+            self._cancels.add(key)  # reordered ahead of its QueueAdd
+        elif req.open:
+            self._terminate(req, ErrorCode.CANCELLED, f"cancelled by {msg.origin}", now)
+
     def _on_memory_full(self, msg: MemoryFull, now: int) -> None:
         self._note_full(now, f"{self.peer} has no free memory qubit")
 
@@ -613,9 +765,8 @@ class EgpCore:
             raise ProtocolError(f"EGP QueueAdd has a bad kind or basis: {msg}") from None
         if msg.number < 1 or not 0.0 <= msg.min_fidelity <= 1.0:
             raise ProtocolError(f"EGP QueueAdd has a bad number or fidelity: {msg}")
-        plan = estimate.plan(
-            self.config.link, *self.nodes, msg.min_fidelity, self.config.latency_ns
-        )
+        latency = self._planning_latency()
+        plan = estimate.plan(self.config.link, *self.nodes, msg.min_fidelity, latency)
         # rounds = -1 marks a request this end's model cannot serve (the ends disagree).
         plan = plan or estimate.Plan(self.config.link.bright_state, -1, 0.0, 0.0)
         deadline = None if msg.deadline_ns < 0 else msg.deadline_ns
@@ -671,13 +822,25 @@ class EgpCore:
             self._out.append(Disarm(self._tag()))
             self._armed = 0
             self._alphas.clear()
-        # Back-pressure: pairs held for the peer's instructions or a purification partner
-        # count against memory, so stop arming rather than run into NO_MEMORY.
-        held = len(self.pairs) + sum(len(r.ready) for r in self.requests.values())
+        # Back-pressure: pairs held for the peer's instructions or a purification partner,
+        # and halves the layer above has not freed, count against memory, so stop arming
+        # rather than run into the backend's NoMemory.
+        held = len(self.pairs) + sum(len(r.ready) for r in self._live.values())
+        upper = 0 if self._upper_held is None else self._upper_held + self._unreported
+        held += upper
         room = self.config.local.memory_qubits - held - self._armed
         if now >= self._arm_blocked_until:
             self._arm_blocked_until = -1  # so that next_deadline never reports a past time
         if self._arm_blocked_until >= 0:
+            return
+        if room <= 0 and not self._armed:
+            # Nothing armed means no herald can free anything: as stuck as a failed
+            # allocation, so it counts towards NO_MEMORY the same way.
+            self._memory_blocked(
+                now,
+                f"{self.node}'s memory is full ({upper} of its"
+                f" {self.config.local.memory_qubits} qubits held by the layer above)",
+            )
             return
         # One Arm per qubit: a failed allocation then accounts for exactly one of them.
         while self._armed < self.config.pipeline and room > 0:
@@ -693,6 +856,7 @@ _HANDLERS: dict[tuple[bool, type[PeerMessage]], Callable[[EgpCore, Any, int], No
     (True, PurifyResult): purify.on_purify_result,
     (True, Expire): EgpCore._on_expire,
     (True, MemoryFull): EgpCore._on_memory_full,
+    (True, Cancel): EgpCore._on_cancel,
     (False, QueueAdd): slave.on_queue_add,
     (False, PairAssign): slave.on_assign,
     (False, PairDiscard): slave.on_discard,

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from qnet.physical.channel_core import memory_noise
-from qnet.physical.gates import BELL_PROJECTORS, CNOT, GateName, Matrix, gate_matrix, rx
+from qnet.physical.gates import (
+    BELL_STATES,
+    CNOT,
+    GateName,
+    Matrix,
+    gate_matrix,
+    rx,
+)
 from qnet.physical.heralding import HeraldingModel, fibre_delay_ns, heralding_model
 from qnet.physical.params import LinkParams, NodeParams, Scheme
 from qnet.physical.state import conjugate, depolarized
@@ -49,7 +56,8 @@ def _model(link: LinkParams, bright_state: float) -> HeraldingModel:
 
 
 def pair_fidelity(rho: Matrix, bell_index: int) -> float:
-    return float(np.real(np.trace(BELL_PROJECTORS[bell_index] @ rho)))
+    b = BELL_STATES[bell_index]
+    return float(np.vdot(b, rho @ b).real)
 
 
 def werner_fidelity(f0: float, rate_hz: float, t_ns: int) -> float:
@@ -70,23 +78,33 @@ def decay(rho: Matrix, side: int, params: NodeParams, t_ns: int) -> Matrix:
     damping, coherence, depolar = memory_factors(params, t_ns)
     if damping == 0.0 and coherence == 1.0 and depolar == 0.0:
         return rho
-    # Axes (a, b, a', b'); move this side's row/column axes to the front.
-    v = np.moveaxis(rho.reshape(2, 2, 2, 2), (side, side + 2), (0, 1)).copy()
+    # Axes (a, b, a', b'): blocks [i, j] of this side's row i and column j.
+    v = rho.reshape(2, 2, 2, 2).copy()
+    i00, i01, i10, i11 = _BLOCKS[side]
     if damping > 0.0:
-        v[0, 0] += damping * v[1, 1]
-        v[1, 1] *= 1.0 - damping
-        v[0, 1] *= math.sqrt(1.0 - damping)
-        v[1, 0] *= math.sqrt(1.0 - damping)
+        v[i00] += damping * v[i11]
+        v[i11] *= 1.0 - damping
+        v[i01] *= math.sqrt(1.0 - damping)
+        v[i10] *= math.sqrt(1.0 - damping)
     if coherence != 1.0:
-        v[0, 1] *= coherence
-        v[1, 0] *= coherence
+        v[i01] *= coherence
+        v[i10] *= coherence
     if depolar > 0.0:
-        mixed = 0.5 * depolar * (v[0, 0] + v[1, 1])
+        mixed = 0.5 * depolar * (v[i00] + v[i11])
         v *= 1.0 - depolar
-        v[0, 0] += mixed
-        v[1, 1] += mixed
-    out: Matrix = np.moveaxis(v, (0, 1), (side, side + 2)).reshape(4, 4)
+        v[i00] += mixed
+        v[i11] += mixed
+    out: Matrix = v.reshape(4, 4)
     return out
+
+
+_ALL = slice(None)
+_PAIRS = ((0, 0), (0, 1), (1, 0), (1, 1))
+#: Per side, the index of blocks (0, 0), (0, 1), (1, 0), (1, 1) of the (a, b, a', b') view.
+_BLOCKS = (
+    tuple((i, _ALL, j, _ALL) for i, j in _PAIRS),
+    tuple((_ALL, i, _ALL, j) for i, j in _PAIRS),
+)
 
 
 def age(rho: Matrix, nodes: tuple[NodeParams, NodeParams], dt: tuple[int, int]) -> Matrix:
@@ -153,9 +171,13 @@ def dejmps(
 
 
 def bell_coefficients(rho: Matrix) -> tuple[float, float, float, float]:
-    """Weights on Φ+, Ψ+, Φ−, Ψ− (Bell indices 0..3)."""
-    a, b, c, d = (pair_fidelity(rho, i) for i in range(4))
+    """Weights on Φ+, Ψ+, Φ−, Ψ− (Bell indices 0..3): ⟨b_i|ρ|b_i⟩ for the Bell basis."""
+    a, b, c, d = np.einsum("ji,ji->i", _BELL_BASIS.conj(), rho @ _BELL_BASIS).real.tolist()
     return a, b, c, d
+
+
+#: Bell states as columns, by Bell index.
+_BELL_BASIS = np.stack(BELL_STATES, axis=1)
 
 
 def dejmps_bell_diagonal(

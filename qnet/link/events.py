@@ -45,7 +45,9 @@ class BasisChoice(Enum):
 class ErrorCode(Enum):
     """Why a request ended without all its pairs (Dahlberg et al. 2019, table 1)."""
 
-    #: The fidelity cannot be reached on this link (raised at once, before queueing).
+    #: The fidelity cannot be reached on this link: answered at once, before queueing, or
+    #: later by the master when pairs keep falling short of it at delivery (the plan was
+    #: wrong, e.g. memories decohere faster than the model says).
     UNSUPPORTED = "unsupported"
     #: ``max_time_ns`` passed before every pair was delivered.
     TIMEOUT = "timeout"
@@ -55,6 +57,8 @@ class ErrorCode(Enum):
     NO_MEMORY = "no_memory"
     #: The master refused the request (its queue is full).
     DENIED = "denied"
+    #: The origin withdrew the request (``EgpCore.cancel``); the master ended it.
+    CANCELLED = "cancelled"
 
 
 # -- upper layer ------------------------------------------------------------------------------
@@ -114,11 +118,15 @@ class PairOk(UpperEvent):
     estimate_time_ns: int
     #: 0-based position of this pair within its request.
     index_in_request: int
+    #: Predicted weights on the four Bell states (by Bell index) at ``estimate_time_ns``;
+    #: the network layer tracks swapped pairs from these.
+    weights: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CreateErr(UpperEvent):
-    """A request ended early; both ends emit it (except UNSUPPORTED, which is local)."""
+    """A request ended early; both ends emit it (except the UNSUPPORTED that ``create``
+    answers at once, before queueing, which is local)."""
 
     origin: str
     create_id: int
@@ -127,6 +135,8 @@ class CreateErr(UpperEvent):
     #: after their OK; otherwise the span of pairs the request consumed, if any.
     seq_range: tuple[int, int] | None
     reason: str
+    #: ``purpose`` of the request, so the non-originating end can route the error.
+    purpose: int = 0
 
 
 # -- physical layer ---------------------------------------------------------------------------
@@ -364,6 +374,18 @@ class Expire(PeerMessage):
     create_id: int
     index: int
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(PeerMessage):
+    """Slave → master: the slave, as origin, withdraws its request. The master decides, as for
+    every other end: it terminates the request with CANCELLED (``Terminate``), unless the
+    request has already ended."""
+
+    type_name: ClassVar[str] = "cancel"
+    msg_id: int
+    origin: str
+    create_id: int
 
 
 @dataclass(frozen=True, slots=True)

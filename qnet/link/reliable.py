@@ -5,6 +5,9 @@ The link's classical channel may lose, duplicate, reorder and delay messages. Ea
 retransmitting with exponential back-off; the receiver acknowledges every copy (so a lost Ack
 is repaired by the next copy) but hands only the first to the protocol. Order is not restored
 here: the protocol tolerates reordering itself (it buffers what it cannot use yet).
+
+Round trips are measured on the way (``rtt``): each message acknowledged without having been
+retransmitted is a sample (Karn's rule), smoothed as RFC 6298 smooths them.
 """
 
 from __future__ import annotations
@@ -14,11 +17,36 @@ from dataclasses import dataclass
 from qnet.link.events import PeerMessage
 
 
+class SmoothedDelay:
+    """A delay's smoothed mean and mean deviation from samples (RFC 6298's estimator, with
+    its gains 1/8 and 1/4); ``bound`` is mean + 4 deviations, which few samples exceed."""
+
+    __slots__ = ("deviation_ns", "mean_ns", "samples")
+
+    def __init__(self) -> None:
+        self.mean_ns = 0.0
+        self.deviation_ns = 0.0
+        self.samples = 0
+
+    def sample(self, delay_ns: int) -> None:
+        if self.samples == 0:
+            self.mean_ns, self.deviation_ns = float(delay_ns), delay_ns / 2
+        else:
+            self.deviation_ns += (abs(self.mean_ns - delay_ns) - self.deviation_ns) / 4
+            self.mean_ns += (delay_ns - self.mean_ns) / 8
+        self.samples += 1
+
+    def bound(self) -> int:
+        return round(self.mean_ns + 4 * self.deviation_ns) if self.samples else 0
+
+
 @dataclass(slots=True)
 class _Pending:
     message: PeerMessage
     due_ns: int
     rto_ns: int
+    sent_ns: int
+    retransmitted: bool = False
 
 
 class ReliableSender:
@@ -29,6 +57,7 @@ class ReliableSender:
         self._max_rto_ns = max_rto_ns
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
+        self.rtt = SmoothedDelay()
 
     def new_id(self) -> int:
         msg_id = self._next_id
@@ -36,9 +65,9 @@ class ReliableSender:
         return msg_id
 
     def track(self, message: PeerMessage, msg_id: int, now: int) -> None:
-        self._pending[msg_id] = _Pending(message, now + self._rto_ns, self._rto_ns)
+        self._pending[msg_id] = _Pending(message, now + self._rto_ns, self._rto_ns, now)
 
-    def acknowledge(self, msg_ids: tuple[int, ...]) -> list[PeerMessage]:
+    def acknowledge(self, msg_ids: tuple[int, ...], now: int) -> list[PeerMessage]:
         """Forget acknowledged messages; returns those acknowledged for the first time. An Ack
         for an unknown id is a late duplicate, not an error."""
         done = []
@@ -46,6 +75,8 @@ class ReliableSender:
             entry = self._pending.pop(msg_id, None)
             if entry is not None:
                 done.append(entry.message)
+                if not entry.retransmitted:  # else the Ack may answer either copy
+                    self.rtt.sample(now - entry.sent_ns)
         return done
 
     def due(self, now: int) -> list[PeerMessage]:
@@ -54,6 +85,7 @@ class ReliableSender:
             if entry.due_ns <= now:
                 entry.rto_ns = min(2 * entry.rto_ns, self._max_rto_ns)
                 entry.due_ns = now + entry.rto_ns
+                entry.retransmitted = True
                 out.append(entry.message)
         return out
 

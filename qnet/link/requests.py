@@ -98,6 +98,10 @@ class Request:
     pool: dict[int, list[int]] = field(default_factory=dict)
     finish: Finish | None = None
     reported: bool = False
+    #: Master: pairs in a row that fell below ``min_fidelity`` when offered.
+    misses: int = 0
+    #: The delay before delivery ``plan`` allows for (``EgpCore._planning_latency``).
+    plan_latency_ns: int = 0
 
     def fire(self, event: ReqInput) -> None:
         self.state = next_state(self.state, event)

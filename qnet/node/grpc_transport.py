@@ -15,7 +15,8 @@ dialed again after a capped exponential back-off (``BACKOFF_MIN_S`` doubling to
 
 ``connected(peer)`` is true from the moment the neighbour's Hello answers ours until that stream
 ends: the neighbour is running, knows us and speaks our version. Messages queued before are
-held and go out then.
+held and go out then. Each change of it goes to ``run``'s ``link_changed`` callback, so routing
+learns that a neighbour's daemon died when its stream breaks rather than a dead interval later.
 
 Serving: a stream's first batch must speak our version, come from a configured neighbour and
 start with a Hello meant for this node; otherwise the stream is refused with the typed error
@@ -50,9 +51,9 @@ from qnet.errors import (
     Timeout,
     Unreachable,
 )
-from qnet.link.events import PeerMessage
 from qnet.node import peer_wire
-from qnet.node.interfaces import Deliver
+from qnet.node.interfaces import Deliver, LinkChanged
+from qnet.node.peer_wire import WireMessage
 from qnet.runtime.grpc_bridge import (
     BidiStream,
     TrioGrpcBridge,
@@ -184,6 +185,7 @@ class GrpcPeerTransport:
             self._check_peer(peer)
             self._links[peer] = _Link(peer, address)
         self._deliver: Deliver | None = None
+        self._link_changed: LinkChanged | None = None
         self._nursery: trio.Nursery | None = None
         self._handshaking: set[trio.CancelScope] = set()
         self._serving = 0  # Exchange handlers alive
@@ -194,13 +196,18 @@ class GrpcPeerTransport:
     # -- the PeerTransport protocol -----------------------------------------------------------
 
     async def run(
-        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        deliver: Deliver,
+        *,
+        link_changed: LinkChanged | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Dial every neighbour and accept their streams until cancelled. When this returns,
         every stream it dialed is closed and every stream it accepted has ended."""
         if self._deliver is not None:
             raise RuntimeError(f"{self.node}: the peer transport is already running")
         self._deliver = deliver
+        self._link_changed = link_changed
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -211,6 +218,7 @@ class GrpcPeerTransport:
                 await trio.sleep_forever()
         finally:
             self._deliver = None
+            self._link_changed = None
             self._nursery = None
             for scope in self._handshaking:
                 scope.cancel()
@@ -222,7 +230,7 @@ class GrpcPeerTransport:
                 while self._serving:
                     await self._changed.wait()
 
-    def send(self, peer: str, messages: Sequence[PeerMessage]) -> None:
+    def send(self, peer: str, messages: Sequence[WireMessage]) -> None:
         """Queue ``messages`` for ``peer``'s next batch; never blocks. Raises NotFound for a
         node that is not a neighbour and InvalidArgument for a message the wire cannot carry
         (then nothing is queued)."""
@@ -399,7 +407,7 @@ class GrpcPeerTransport:
             raise PermissionDenied(
                 f"a batch from {received.sender!r} on {link.name}'s stream", node=self.node
             )
-        messages: list[PeerMessage] = []
+        messages: list[WireMessage] = []
         for message in received.messages[start:]:
             try:
                 messages.append(peer_wire.from_wire(message))
@@ -510,6 +518,7 @@ class GrpcPeerTransport:
         link.last_error = ""
         self._notify()
         log.info("%s: linked to %s at %s", self.node, link.name, address)
+        self._report_link(link.name, up=True)
         error: QnetError = Unreachable(f"{link.name} at {address} closed the stream")
         try:
             async with trio.open_nursery() as nursery:
@@ -524,7 +533,17 @@ class GrpcPeerTransport:
         finally:
             link.connected = False
             self._notify()
+            self._report_link(link.name, up=False)
         raise error
+
+    def _report_link(self, peer: str, *, up: bool) -> None:
+        changed = self._link_changed
+        if changed is None:
+            return
+        try:
+            changed(peer, up)
+        except Exception:  # the node's bug must not take the stream loop down with it
+            log.exception("%s: link_changed(%s, %s) failed", self.node, peer, up)
 
     async def _ship(self, link: _Link, call: BidiStream[pb.PeerBatch, pb.PeerBatch]) -> None:
         """Send what is queued, one batch at a time, until the stream breaks."""

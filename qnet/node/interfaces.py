@@ -13,7 +13,7 @@ from typing import Protocol
 
 import trio
 
-from qnet.link.events import PeerMessage
+from qnet.node.peer_wire import WireMessage
 from qnet.physical.events import HeraldEvent
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.params import LinkParams
@@ -47,8 +47,12 @@ class ChannelAccess(Protocol):
     def heralds(self) -> AbstractAsyncContextManager[AsyncIterator[HeraldEvent]]: ...
 
 
-#: Called in the node's trio thread with the sender and the messages of one received batch.
-Deliver = Callable[[str, Sequence[PeerMessage]], None]
+#: Called in the node's trio thread with the sender and the messages of one received batch
+#: (of any layer: the node dispatches them by family).
+Deliver = Callable[[str, Sequence[WireMessage]], None]
+#: Called in the node's trio thread when messages to a neighbour gain (True) or lose (False) a
+#: live path, so routing need not wait for its dead interval to notice.
+LinkChanged = Callable[[str, bool], None]
 
 
 class PeerTransport(Protocol):
@@ -56,13 +60,17 @@ class PeerTransport(Protocol):
     messages (the protocols above cope); it never blocks the sender."""
 
     async def run(
-        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        deliver: Deliver,
+        *,
+        link_changed: LinkChanged | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled: ship what ``send`` queued, pass what arrives to
-        ``deliver``."""
+        ``deliver``, and report each change of ``connected(peer)`` to ``link_changed``."""
         ...
 
-    def send(self, peer: str, messages: Sequence[PeerMessage]) -> None:
+    def send(self, peer: str, messages: Sequence[WireMessage]) -> None:
         """Queue ``messages`` for ``peer``; everything queued before the next batch is taken
         goes in one gRPC message."""
         ...

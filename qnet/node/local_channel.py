@@ -120,6 +120,11 @@ class LocalSession:
             pb.ExecuteRequest(protocol_version=V, session=self.token, ops=ops)
         )
 
+    def close(self, reason: str = "the node stopped") -> None:
+        """End this session at the backend (its qubits are freed); the node must register
+        again to come back."""
+        self.server.end_session(self.token, reason)
+
     @asynccontextmanager
     async def heralds(self) -> AsyncGenerator[AsyncIterator[HeraldEvent], None]:
         events = self.server.events(pb.EventsRequest(protocol_version=V, session=self.token))

@@ -3,19 +3,24 @@
 Each directed link is a delay line: what a node sends in one go travels as one batch and is
 delivered ``length / c`` of physical time later, in order. Optional loss and duplication
 (seeded) exercise the protocols' recovery in tests.
+
+A node is reachable while its transport runs. When it stops (``qnet.sim`` stops a node), what
+it had in flight is lost, messages arriving for it are dropped, and its neighbours' transports
+report the link down at once (as a daemon's neighbours see its streams break), unless the stop
+is silent; when it runs again they report the link up.
 """
 
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from qnet.link.events import PeerMessage
-from qnet.node.interfaces import Deliver
+from qnet.node.interfaces import Deliver, LinkChanged
+from qnet.node.peer_wire import Layer, WireMessage, layer_of
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
@@ -24,7 +29,7 @@ from qnet.topology import Topology
 @dataclass
 class _Line:
     delay_s: float
-    queue: deque[tuple[float, list[PeerMessage]]] = field(default_factory=deque)
+    queue: deque[tuple[float, list[WireMessage]]] = field(default_factory=deque)
     wake: trio.Event = field(default_factory=trio.Event)
 
 
@@ -46,17 +51,57 @@ class MemoryNetwork:
         self.rng = random.Random(seed)
         self._lines: dict[tuple[str, str], _Line] = {}
         self._deliver: dict[str, Deliver] = {}
+        self._link_changed: dict[str, LinkChanged] = {}
+        self._neighbours: dict[str, list[str]] = {}
+        #: Nodes whose next stop is silent (their neighbours are not told).
+        self._silent: set[str] = set()
         self.batches = 0
         self.messages = 0
+        #: Messages delivered, by the layer they belong to.
+        self.by_layer: Counter[Layer] = Counter()
         for link in topology.links:
             delay = clock.trio_duration(fibre_delay_ns(link.params.length_km))
             self._lines[(link.a, link.b)] = _Line(delay)
             self._lines[(link.b, link.a)] = _Line(delay)
+            self._neighbours.setdefault(link.a, []).append(link.b)
+            self._neighbours.setdefault(link.b, []).append(link.a)
 
     def transport(self, node: str) -> MemoryTransport:
         return MemoryTransport(self, node)
 
-    def _send(self, src: str, dst: str, messages: Sequence[PeerMessage]) -> None:
+    def stop_silently(self, node: str) -> None:
+        """When ``node``'s transport next stops, do not tell its neighbours: they notice only
+        by the silence (a cut fibre, a crashed machine)."""
+        self._silent.add(node)
+
+    def _attach(self, node: str, deliver: Deliver, link_changed: LinkChanged | None) -> None:
+        self._deliver[node] = deliver
+        if link_changed is not None:
+            self._link_changed[node] = link_changed
+        self._tell_neighbours(node, up=True)
+
+    def _detach(self, node: str) -> None:
+        self._deliver.pop(node, None)
+        self._link_changed.pop(node, None)
+        for peer in self._neighbours.get(node, ()):
+            self._lines[(node, peer)].queue.clear()  # its light in flight is lost with it
+        if node in self._silent:
+            self._silent.discard(node)
+        else:
+            self._tell_neighbours(node, up=False)
+
+    def _tell_neighbours(self, node: str, *, up: bool) -> None:
+        for peer in self._neighbours.get(node, ()):
+            changed = self._link_changed.get(peer)
+            if changed is not None:
+                changed(node, up)
+        changed = self._link_changed.get(node)
+        if up and changed is not None:
+            for peer in self._neighbours.get(node, ()):
+                if peer in self._deliver:
+                    changed(peer, True)
+
+    def _send(self, src: str, dst: str, messages: Sequence[WireMessage]) -> None:
         line = self._lines.get((src, dst))
         if line is None:
             return  # no such link: like light into an unconnected fibre
@@ -80,6 +125,7 @@ class MemoryNetwork:
             if deliver is not None:
                 self.batches += 1
                 self.messages += len(batch)
+                self.by_layer.update(layer_of(m) for m in batch)
                 deliver(src, batch)
 
 
@@ -91,21 +137,25 @@ class MemoryTransport:
         self.node = node
 
     async def run(
-        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        deliver: Deliver,
+        *,
+        link_changed: LinkChanged | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         net = self.network
-        net._deliver[self.node] = deliver
         try:
             async with trio.open_nursery() as nursery:
                 for (src, dst), line in net._lines.items():
                     if src == self.node:
                         nursery.start_soon(net._run_line, src, dst, line)
+                net._attach(self.node, deliver, link_changed)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            net._deliver.pop(self.node, None)
+            net._detach(self.node)
 
-    def send(self, peer: str, messages: Sequence[PeerMessage]) -> None:
+    def send(self, peer: str, messages: Sequence[WireMessage]) -> None:
         self.network._send(self.node, peer, messages)
 
     def connected(self, peer: str) -> bool:

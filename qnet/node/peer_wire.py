@@ -1,8 +1,10 @@
 """Conversions between the layers' peer messages and the Peer API's proto ``PeerMessage``.
 
-The wire form mirrors the dataclasses field by field (same names; see proto/qnet/v1/peer.proto),
-so one table says which dataclass travels in which ``PeerMessage`` case and the conversion is
-generic. Both directions are total:
+The wire form mirrors the dataclasses field by field (same names; see proto/qnet/v1/peer.proto):
+scalars as scalars, tuples as repeated fields, small frozen records (``AdvertLink``) as nested
+messages. So one table says which dataclass travels in which ``PeerMessage`` case, and the
+conversion is generic: it goes through each family's ``to_dict`` and ``message_from_dict``,
+which check types and ranges. Both directions are total:
 
 - ``to_wire`` encodes any registered message, or raises ``InvalidArgument`` (our own caller's
   mistake: a value the wire cannot carry, such as a negative id).
@@ -11,21 +13,27 @@ generic. Both directions are total:
   not know, a Hello out of place, a non-finite number. Semantic checks (is this kind known,
   is this message legal now) stay in the layer cores.
 
-The field number of a ``PeerMessage`` case names its layer (``layer_of``).
+A family of messages (a marker base class, its ``message_from_dict`` and the range of case
+numbers its layer gave it) is one ``FAMILIES`` entry; a message type is one ``WIRE_TYPES``
+entry plus its proto message and case, named ``<family prefix><type_name>``. The tables are
+checked against the proto descriptors at import, nested records included.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import fields
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from qnet.errors import InvalidArgument, ProtocolError, VersionMismatch
+from qnet.link import events as link_events
 from qnet.link.events import (
     Ack,
     Expire,
@@ -37,7 +45,25 @@ from qnet.link.events import (
     PurifyResult,
     QueueAdd,
     Terminate,
-    message_from_dict,
+)
+from qnet.network import circuit_events, routing_events
+from qnet.network.circuit_events import (
+    ChainDiscard,
+    CircuitAccept,
+    CircuitMessage,
+    CircuitReject,
+    CircuitSetup,
+    CircuitTeardown,
+    PairComplete,
+    PairTrack,
+)
+from qnet.network.routing_events import (
+    AdvertAck,
+    DatabaseDescription,
+    DatabaseRequest,
+    LinkStateAdvert,
+    RoutingHello,
+    RoutingMessage,
 )
 from qnet.v1 import peer_pb2 as pb
 
@@ -46,6 +72,15 @@ PROTOCOL_VERSION = 1
 
 ONEOF: Final = "body"
 HELLO_CASE: Final = "hello"
+
+
+class WireMessage(Protocol):
+    """What every family's messages look like: frozen dataclasses with a ``type_name`` and a
+    ``to_dict`` whose output their family's ``message_from_dict`` takes back."""
+
+    type_name: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class Layer(Enum):
@@ -64,8 +99,26 @@ _LAYER_RANGES: tuple[tuple[range, Layer], ...] = (
     (range(128, 192), Layer.TRANSPORT),
 )
 
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """The messages of one protocol core: their base class, how they are rebuilt from a dict,
+    the prefix of their case names and the case numbers reserved for them."""
+
+    base: type
+    from_dict: Callable[[dict[str, Any]], Any]
+    case_prefix: str
+    numbers: range
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(PeerMessage, link_events.message_from_dict, "link_", range(16, 64)),
+    Family(RoutingMessage, routing_events.message_from_dict, "net_", range(64, 80)),
+    Family(CircuitMessage, circuit_events.message_from_dict, "net_", range(80, 112)),
+)
+
 #: Every dataclass that crosses the Peer API, in the order of its case numbers.
-WIRE_TYPES: tuple[type[PeerMessage], ...] = (
+WIRE_TYPES: tuple[type[WireMessage], ...] = (
     Ack,
     QueueAdd,
     PairAssign,
@@ -75,6 +128,19 @@ WIRE_TYPES: tuple[type[PeerMessage], ...] = (
     Terminate,
     Expire,
     MemoryFull,
+    link_events.Cancel,
+    RoutingHello,
+    LinkStateAdvert,
+    AdvertAck,
+    DatabaseRequest,
+    DatabaseDescription,
+    CircuitSetup,
+    CircuitAccept,
+    CircuitReject,
+    CircuitTeardown,
+    PairTrack,
+    ChainDiscard,
+    PairComplete,
 )
 
 _BODY_FIELDS: dict[str, FieldDescriptor] = {
@@ -82,27 +148,55 @@ _BODY_FIELDS: dict[str, FieldDescriptor] = {
 }
 
 
-def _case_name(cls: type[PeerMessage]) -> str:
-    return f"link_{cls.type_name}"  # every wire type is a link message so far
+def family_of(cls: type) -> Family:
+    for family in FAMILIES:
+        if issubclass(cls, family.base):
+            return family
+    raise AssertionError(f"{cls.__name__} belongs to no family of peer messages")
 
 
-def _check_mirrors(cls: type[PeerMessage], body: Descriptor) -> None:
-    """The proto message must carry exactly the dataclass's fields (a bug here otherwise)."""
-    ours = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    theirs = set(body.fields_by_name)
-    if ours != theirs:
+def _case_name(cls: type[WireMessage]) -> str:
+    return family_of(cls).case_prefix + cls.type_name
+
+
+def _record_of(hint: object) -> type | None:
+    """The record class of a ``Record`` or ``tuple[Record, ...]`` annotation, else None."""
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return hint if isinstance(hint, type) and is_dataclass(hint) else None
+
+
+def _check_mirrors(cls: type, body: Descriptor) -> None:
+    """The proto message must carry exactly the dataclass's fields, records as messages and
+    tuples as repeated fields, recursively (a bug here otherwise)."""
+    ours = [f.name for f in fields(cls)]
+    theirs = list(body.fields_by_name)
+    if sorted(ours) != sorted(theirs):
         raise AssertionError(
             f"{body.full_name} has fields {sorted(theirs)}, {cls.__name__} has {sorted(ours)}"
         )
+    hints = typing.get_type_hints(cls)
+    for name in ours:
+        field = body.fields_by_name[name]
+        hint = hints[name]
+        record = _record_of(hint)
+        repeated = typing.get_origin(hint) is tuple
+        if repeated != field.is_repeated or (record is None) != (field.message_type is None):
+            raise AssertionError(f"{body.full_name}.{name} does not mirror {cls.__name__}.{name}")
+        if record is not None:
+            assert field.message_type is not None
+            _check_mirrors(record, field.message_type)
 
 
-def _build_tables() -> tuple[dict[type[PeerMessage], str], dict[str, type[PeerMessage]]]:
-    case_of: dict[type[PeerMessage], str] = {}
+def _build_tables() -> tuple[dict[type[WireMessage], str], dict[str, type[WireMessage]]]:
+    case_of: dict[type[WireMessage], str] = {}
     for cls in WIRE_TYPES:
         case = _case_name(cls)
         field = _BODY_FIELDS.get(case)
         if field is None or field.message_type is None:
             raise AssertionError(f"peer.proto has no PeerMessage case {case!r} for {cls.__name__}")
+        if field.number not in family_of(cls).numbers:
+            raise AssertionError(f"case {case} = {field.number} is outside its family's numbers")
         _check_mirrors(cls, field.message_type)
         case_of[cls] = case
     return case_of, {case: cls for cls, case in case_of.items()}
@@ -129,12 +223,12 @@ def _layer_of_number(number: int) -> Layer | None:
     return None
 
 
-def layer_of(message: PeerMessage) -> Layer:
+def layer_of(message: WireMessage) -> Layer:
     """The layer a message belongs to (the one whose core handles it at the receiver)."""
     return layer_of_case(_case_of(message))
 
 
-def _case_of(message: PeerMessage) -> str:
+def _case_of(message: WireMessage) -> str:
     try:
         return CASE_OF[type(message)]
     except KeyError:
@@ -144,27 +238,58 @@ def _case_of(message: PeerMessage) -> str:
 # --- dataclass -> proto ----------------------------------------------------------------------
 
 
-def to_wire(message: PeerMessage) -> pb.PeerMessage:
+def to_wire(message: WireMessage) -> pb.PeerMessage:
     """Encode one message; a value the wire cannot carry raises InvalidArgument naming it."""
     case = _case_of(message)
-    body: Any = getattr(pb.PeerMessage(), case).__class__()
-    for name, value in message.to_dict().items():
-        if name == "type":
+    out = pb.PeerMessage()
+    body = getattr(out, case)
+    body.SetInParent()  # a message whose fields are all zero is still this case
+    data = message.to_dict()
+    data.pop("type", None)
+    _fill(body, data, type(message).__name__)
+    return out
+
+
+def _fill(body: Message, data: Mapping[str, Any], where: str) -> None:
+    for name, value in data.items():
+        field = body.DESCRIPTOR.fields_by_name.get(name)
+        if field is None:  # _check_mirrors makes this a caller's stray record
+            raise InvalidArgument(f"cannot encode {where}.{name}: no such field on the wire")
+        if field.message_type is not None:
+            _fill_records(body, field, value, f"{where}.{name}")
             continue
         try:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError("not a finite number")
-            if isinstance(value, list):
+            if field.is_repeated:
+                if not isinstance(value, list | tuple):
+                    raise TypeError("not a sequence")
+                for item in value:
+                    _check_finite(item)
                 getattr(body, name).extend(value)
             else:
+                _check_finite(value)
                 setattr(body, name, value)
         except (TypeError, ValueError) as exc:
-            raise InvalidArgument(
-                f"cannot encode {type(message).__name__}.{name} = {value!r} ({exc})"
-            ) from None
-    out = pb.PeerMessage()
-    getattr(out, case).CopyFrom(body)
-    return out
+            raise InvalidArgument(f"cannot encode {where}.{name} = {value!r} ({exc})") from None
+
+
+def _fill_records(body: Message, field: Any, value: Any, where: str) -> None:
+    if not field.is_repeated:
+        if not isinstance(value, Mapping):
+            raise InvalidArgument(f"cannot encode {where} = {value!r} (not a record)")
+        _fill(getattr(body, field.name), value, where)
+        return
+    if not isinstance(value, list | tuple):
+        raise InvalidArgument(f"cannot encode {where} = {value!r} (not a sequence)")
+    container = getattr(body, field.name)
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise InvalidArgument(f"cannot encode {where}[{i}] = {item!r} (not a record)")
+        _fill(container.add(), item, f"{where}[{i}]")
+
+
+def _check_finite(value: object) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("not a finite number")
 
 
 def hello(node: str, sequence: int, recipient: str = "") -> pb.PeerMessage:
@@ -188,7 +313,7 @@ def _unknown_fields(message: pb.PeerMessage) -> str:
     return ", ".join(sorted(set(described))) or "?"
 
 
-def from_wire(message: pb.PeerMessage) -> PeerMessage:
+def from_wire(message: pb.PeerMessage) -> WireMessage:
     """Decode one message; anything this node cannot act on raises ProtocolError."""
     case = message.WhichOneof(ONEOF)
     if case is None:
@@ -202,12 +327,23 @@ def from_wire(message: pb.PeerMessage) -> PeerMessage:
     cls = TYPE_OF.get(case)
     if cls is None:
         raise ProtocolError(f"PeerMessage case {case!r} is not handled by this node")
-    body = getattr(message, case)
-    data: dict[str, Any] = {"type": cls.type_name}
+    data = _plain(getattr(message, case))
+    data["type"] = cls.type_name
+    decoded: WireMessage = family_of(cls).from_dict(data)
+    return decoded
+
+
+def _plain(body: Message) -> dict[str, Any]:
+    """A proto message as the dict ``to_dict`` would give: repeated fields as lists, nested
+    messages as dicts (unknown fields, which a newer peer may add, are left out)."""
+    data: dict[str, Any] = {}
     for field in body.DESCRIPTOR.fields:
         value = getattr(body, field.name)
-        data[field.name] = list(value) if field.is_repeated else value
-    return message_from_dict(data)
+        if field.message_type is not None:
+            data[field.name] = [_plain(v) for v in value] if field.is_repeated else _plain(value)
+        else:
+            data[field.name] = list(value) if field.is_repeated else value
+    return data
 
 
 # --- batches ---------------------------------------------------------------------------------

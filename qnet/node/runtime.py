@@ -1,10 +1,14 @@
 """The node driver: one per node, the same code in a daemon and in ``qnet.sim``.
 
-It owns the node's layer cores (one EGP core per link now) and moves their inputs and outputs:
-heralds from the channel backend, messages from neighbours, timers, and requests from above go
-in; peer messages go to the transport, physical commands to one executor task per link (so a
-link's commands run in the order the core issued them), and deliveries to subscribers. The
-cores never wait; only this driver does.
+It owns the node's layer cores (one EGP core per link, one routing core) and moves their inputs
+and outputs: heralds from the channel backend, messages from neighbours, timers, link changes
+from the transport and requests from above go in; peer messages go to the transport, physical
+commands to one executor task per link (so a link's commands run in the order the core issued
+them), and deliveries to subscribers. The cores never wait; only this driver does.
+
+Messages from neighbours are dispatched by family (``_handlers``: marker base class → handler):
+link messages to the EGP core of the link they came over, routing messages to the routing
+core. A new core of the network layer (circuits) registers its base class there.
 """
 
 from __future__ import annotations
@@ -13,13 +17,23 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import trio
 
 from qnet.channel import wire
-from qnet.errors import NoMemory, NotFound, ProtocolError, QnetError, Unreachable
+from qnet.errors import (
+    InvalidArgument,
+    NoMemory,
+    NotFound,
+    ProtocolError,
+    QnetError,
+    Unreachable,
+    error_from_wire,
+)
 from qnet.link.egp import EgpConfig, EgpCore
 from qnet.link.events import (
     Arm,
@@ -35,7 +49,13 @@ from qnet.link.events import (
     PhysicalCommand,
     UpperEvent,
 )
+from qnet.network.circuit import CircuitConfig
+from qnet.network.circuit_events import NETWORK_PURPOSE_BASE, CircuitMessage
+from qnet.network.routing_events import RouteEntry, RoutingMessage
+from qnet.node.circuit_driver import CircuitHandle, NodeCircuits
 from qnet.node.interfaces import ChannelAccess, PeerTransport
+from qnet.node.peer_wire import WireMessage
+from qnet.node.routing_driver import NodeRouting
 from qnet.physical.events import HeraldEvent
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
@@ -106,7 +126,33 @@ class NodeRuntime:
         self._links: dict[str, _Link] = {}
         self._wake = trio.Event()
         self.ready = trio.Event()
+        #: Messages from neighbours refused here or by a link core (routing counts its own).
         self.protocol_errors = 0
+        self.routing = NodeRouting(
+            name,
+            topology,
+            transport,
+            clock,
+            on_output=self._poke,
+            on_neighbour=self._neighbour_changed,
+        )
+        self.circuits = NodeCircuits(
+            name,
+            topology,
+            channel,
+            transport,
+            clock,
+            create=self.create,
+            cancel=self.cancel,
+            config=CircuitConfig(latency_ns=latency_ns),
+            on_output=self._poke,
+        )
+        #: Peer messages by family: the base class of a core's messages → who takes them.
+        self._handlers: dict[type, Callable[[str, list[Any]], None]] = {
+            PeerMessage: self._on_link_messages,
+            RoutingMessage: self.routing.on_messages,
+            CircuitMessage: self.circuits.on_messages,
+        }
 
     # -- public --------------------------------------------------------------------------
 
@@ -128,6 +174,32 @@ class NodeRuntime:
         self._flush(link)
         return create_id
 
+    def cancel(self, peer: str, create_id: int) -> bool:
+        """Withdraw a CREATE this node issued towards ``peer``: it ends with ERR CANCELLED at
+        both ends (``EgpCore.cancel``). False if it had already ended."""
+        link = self._link(peer)
+        taken = link.core.cancel(create_id, self.now())
+        self._flush(link)
+        return taken
+
+    async def execute_on_link(
+        self, peer: str, ops: Sequence[pb.Operation]
+    ) -> list[pb.OperationResult | QnetError]:
+        """Run backend operations on qubits the link to ``peer`` delivered (measuring them,
+        say) in order with the link's own commands, in the same Execute requests: per-call
+        cost dominates. One entry per operation: its result, or the error that stopped it."""
+        hosted = _HostedOps(tuple(ops))
+        self._link(peer).commands.send_nowait(hosted)
+        await hosted.done.wait()
+        return hosted.results
+
+    def set_upper_held(self, peer: str, count: int) -> None:
+        """KEEP qubits of the link to ``peer`` delivered and not yet measured or freed by
+        their users: the link's arming counts them against memory."""
+        link = self._link(peer)
+        link.core.set_upper_held(count, self.now())
+        self._flush(link)
+
     def subscribe(self, peer: str) -> trio.MemoryReceiveChannel[UpperEvent]:
         """Every OK and ERR of the link to ``peer`` from now on, whoever asked. KEEP pairs'
         qubits become the subscriber's to use and free."""
@@ -137,6 +209,35 @@ class NodeRuntime:
 
     def counters(self, peer: str) -> LinkCounters:
         return self._link(peer).counters
+
+    def routes(self) -> dict[str, RouteEntry]:
+        """This node's routing table by destination (partial until routing converged)."""
+        return self.routing.routes()
+
+    def route(self, destination: str) -> RouteEntry:
+        """The route to ``destination``; ``NotConverged`` before routing's first full table,
+        ``Unreachable`` when there is none."""
+        return self.routing.route(destination)
+
+    def open_circuit(
+        self, destination: str, *, min_fidelity: float, number: int = 0
+    ) -> CircuitHandle:
+        """Open a circuit to ``destination`` along this node's route to it, for ``number``
+        end-to-end pairs (0: until closed) of at least ``min_fidelity`` at delivery. Raises
+        ``NotConverged``/``Unreachable`` when there is no route yet or at all; ``await
+        handle.wait_open()`` for the hops' answer. The far end takes it from
+        ``circuits.incoming``."""
+        if destination == self.name:
+            raise InvalidArgument(f"a circuit from {self.name} to itself", node=self.name)
+        if destination not in self.topology.node_names:
+            raise NotFound(f"no node {destination!r} in this network", node=self.name)
+        route = self.route(destination)
+        return self.circuits.open(route.path, min_fidelity, number)
+
+    @property
+    def routing_converged(self) -> trio.Event:
+        """Set once ``route`` answers."""
+        return self.routing.converged
 
     def memory_in_use(self) -> int:
         """Qubits the link layer holds (armed or waiting for the peer or a purification)."""
@@ -161,10 +262,15 @@ class NodeRuntime:
             send, recv = trio.open_memory_channel[PhysicalCommand](math.inf)
             core = EgpCore(config, rng=random.Random(rng.random()))
             self._links[peer] = _Link(peer, core, send, recv)
+        # Routing starts before the transport, which may report links up at once.
+        self.routing.start()
         async with self.channel.heralds() as heralds, trio.open_nursery() as nursery:
-            await nursery.start(self.transport.run, self._on_messages)
+            await nursery.start(
+                partial(self.transport.run, self._on_messages, link_changed=self._link_changed)
+            )
             for link in self._links.values():
                 nursery.start_soon(self._execute, link)
+            await nursery.start(self.circuits.run)
             nursery.start_soon(self._timers)
             nursery.start_soon(self._pump_heralds, heralds)
             self.ready.set()
@@ -198,14 +304,26 @@ class NodeRuntime:
         # so say so loudly rather than keep serving a network it is no longer part of.
         raise Unreachable(f"the channel backend ended the session of {self.name}", node=self.name)
 
-    def _on_messages(self, sender: str, messages: Sequence[PeerMessage]) -> None:
-        link = self._links.get(sender)
-        if link is None:
+    def _on_messages(self, sender: str, messages: Sequence[WireMessage]) -> None:
+        if sender not in self._links:
             self.protocol_errors += 1
             log.warning(
                 "%s: %d messages from %s, not a neighbour", self.name, len(messages), sender
             )
             return
+        by_family: dict[type, list[WireMessage]] = {}
+        for msg in messages:
+            base = next((b for b in self._handlers if isinstance(msg, b)), None)
+            if base is None:
+                self.protocol_errors += 1
+                log.warning("%s: no core here takes %s", self.name, type(msg).__name__)
+                continue
+            by_family.setdefault(base, []).append(msg)
+        for base, batch in by_family.items():
+            self._handlers[base](sender, batch)
+
+    def _on_link_messages(self, sender: str, messages: list[PeerMessage]) -> None:
+        link = self._links[sender]
         now = self.now()
         for msg in messages:
             try:
@@ -216,41 +334,76 @@ class NodeRuntime:
                 log.warning("%s: message from %s refused: %s", self.name, sender, exc)
         self._flush(link)
 
+    def _link_changed(self, peer: str, up: bool) -> None:
+        self.routing.link_changed(peer, up)
+        if not up:
+            self.circuits.link_changed(peer, up)
+
+    def _neighbour_changed(self, peer: str, up: bool) -> None:
+        self.circuits.link_changed(peer, up)
+
+    def _poke(self) -> None:
+        """A core has new deadlines: the timer task re-reads them."""
+        self._wake.set()
+
+    def _timed(self) -> list[tuple[int, Callable[[int], None]]]:
+        """(deadline, what to call then) of every core that has one."""
+        out: list[tuple[int, Callable[[int], None]]] = []
+        for link in self._links.values():
+            deadline = link.core.next_deadline()
+            if deadline is not None:
+                out.append((deadline, partial(self._link_timer, link)))
+        deadline = self.routing.next_deadline()
+        if deadline is not None:
+            out.append((deadline, self.routing.on_timer))
+        deadline = self.circuits.next_deadline()
+        if deadline is not None:
+            out.append((deadline, self.circuits.on_timer))
+        return out
+
+    def _link_timer(self, link: _Link, now: int) -> None:
+        link.core.on_timer(now)
+        self._flush(link)
+
     async def _timers(self) -> None:
         while True:
             self._wake = trio.Event()
-            deadlines = [
-                (d, link)
-                for link in self._links.values()
-                if (d := link.core.next_deadline()) is not None
-            ]
-            if not deadlines:
+            timed = self._timed()
+            if not timed:
                 await self._wake.wait()
                 continue
-            deadline = min(d for d, _ in deadlines)
+            deadline = min(d for d, _ in timed)
             with trio.move_on_at(self.clock.trio_time(deadline)):
                 await self._wake.wait()
             now = self.now()
-            for d, link in deadlines:
+            for d, fire in timed:
                 if d <= now:
-                    link.core.on_timer(now)
-                    self._flush(link)
+                    fire(now)
 
     def _flush(self, link: _Link) -> None:
-        """Move a core's outputs to where they go; never blocks."""
+        """Move a core's outputs to where they go; never blocks.
+
+        Circuit events go to the network layer only after every output is placed: it may
+        answer with a new CREATE on this very link, whose commands must queue behind the
+        ones the core issued before (a Disarm queued after new Arms would undo them)."""
         messages: list[PeerMessage] = []
+        circuit_events: list[PairOk | CreateErr] = []
         for out in link.core.pop_outputs():
             if isinstance(out, PeerMessage):
                 messages.append(out)
             elif isinstance(out, PhysicalCommand):
                 link.commands.send_nowait(out)
-            else:
-                self._deliver(link, out)
+            elif self._deliver(link, out):
+                assert isinstance(out, PairOk | CreateErr)
+                circuit_events.append(out)
         if messages:
             self.transport.send(link.peer, messages)
         self._wake.set()
+        for event in circuit_events:
+            self.circuits.on_link_event(link.peer, event)
 
-    def _deliver(self, link: _Link, event: UpperEvent) -> None:
+    def _deliver(self, link: _Link, event: UpperEvent) -> bool:
+        """Count and hand out an event; True if it is the network layer's to take."""
         counters = link.counters
         if isinstance(event, PairOk):
             counters.delivered += 1
@@ -258,6 +411,9 @@ class NodeRuntime:
             counters.last_delivery_ns = event.estimate_time_ns
         elif isinstance(event, CreateErr):
             counters.errors += 1
+        if isinstance(event, PairOk | CreateErr) and event.purpose >= NETWORK_PURPOSE_BASE:
+            # A circuit's pair or error: the network layer's, not the link-layer users'.
+            return True
         live = []
         for sub in link.subscribers:
             try:
@@ -269,6 +425,7 @@ class NodeRuntime:
         if not live and isinstance(event, PairOk) and event.kind is Kind.KEEP and event.qubit:
             # Nobody will use this qubit: give it back rather than leak it.
             link.commands.send_nowait(Free(0, (event.qubit,)))
+        return False
 
     async def _execute(self, link: _Link) -> None:
         """Run the link's physical commands in order, feeding results back to its core.
@@ -283,19 +440,24 @@ class NodeRuntime:
                     commands.append(link.pending.receive_nowait())
                 except trio.WouldBlock:
                     break
+            error: QnetError | None = None
             try:
                 await self._run_batch(link, commands)
             except QnetError as exc:
+                error = exc
                 log.error(
                     "%s: backend request for link to %s failed: %s", self.name, link.peer, exc
                 )
+            for cmd in commands:
+                if isinstance(cmd, _HostedOps):
+                    cmd.finish(error or Unreachable("not run", node=self.name))
             self._flush(link)
 
     async def _run_batch(self, link: _Link, commands: list[PhysicalCommand]) -> None:
         ops: list[pb.Operation] = []
         owners: list[PhysicalCommand] = []
         for cmd in commands:
-            for op in _operations(link.peer, cmd):
+            for op in cmd.ops if isinstance(cmd, _HostedOps) else _operations(link.peer, cmd):
                 ops.append(op)
                 owners.append(cmd)
         start = 0
@@ -306,12 +468,17 @@ class NodeRuntime:
                 cmd = owners[start + i]
                 if isinstance(cmd, MeasureQubit):
                     link.core.on_measured(cmd.tag, result.outcome, now)
+                elif isinstance(cmd, _HostedOps):
+                    cmd.results.append(result)
             if not resp.HasField("failure"):
                 return
             failed = start + resp.failure.index
             cmd = owners[failed]
             if isinstance(cmd, Arm) and resp.failure.error_type == NoMemory.__name__:
                 link.core.on_no_memory(now)
+            elif isinstance(cmd, _HostedOps):
+                failure = resp.failure
+                cmd.finish(error_from_wire(failure.error_type, failure.message, node=self.name))
             else:
                 # E.g. a qubit freed under us by a racing disarm: say so, and go on.
                 log.warning(
@@ -330,6 +497,20 @@ class NodeRuntime:
             return self._links[peer]
         except KeyError:
             raise NotFound(f"{peer!r} is not a neighbour", node=self.name) from None
+
+
+@dataclass(eq=False)
+class _HostedOps(PhysicalCommand):
+    """Operations of the layer above, run in a link's queue (``execute_on_link``)."""
+
+    ops: tuple[pb.Operation, ...]
+    results: list[pb.OperationResult | QnetError] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def finish(self, error: QnetError) -> None:
+        """Done: operations without a result yet get ``error`` (a failed one stops the rest)."""
+        self.results += [error] * (len(self.ops) - len(self.results))
+        self.done.set()
 
 
 def _operations(peer: str, cmd: PhysicalCommand) -> list[pb.Operation]:

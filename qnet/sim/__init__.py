@@ -6,27 +6,40 @@ in-memory fibre delay lines (``MemoryNetwork``). Under trio's ``MockClock`` (pyt
 ``autojump_clock``, or ``qnet.sim.run``) time jumps whenever every task waits, so a simulated
 second costs only the work done in it, and a run is deterministic for its seed.
 
+``open_network`` yields once every node's routing has converged (bounded by the routing
+convergence bound; ``Timeout`` otherwise), so routes answer from the first line of the block.
+A node can be stopped and started again, as a daemon is killed and restarted: its backend
+session ends (its qubits are freed), its neighbours see the link go down (at once, or only by
+silence with ``silent=True``), and it comes back with fresh cores.
+
     async with qnet.sim.open_network(load_topology("examples/chain4.toml")) as net:
         alice = net.node("alice")
+        alice.route("bob").path        # ("alice", "r1", "r2", "bob")
+        await net.stop_node("r1")
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
 import trio.testing
 
 from qnet.channel.server import ChannelServer
+from qnet.errors import FailedPrecondition, QnetError, Timeout
+from qnet.network.routing_config import RoutingConfig, convergence_bound_ns
 from qnet.node.local_channel import LocalSession
 from qnet.node.memory_transport import MemoryNetwork
+from qnet.node.routing_setup import hop_diameter, routing_config
 from qnet.node.runtime import NodeRuntime
 from qnet.physical.channel_core import ChannelCore
+from qnet.physical.heralding import fibre_delay_ns
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
 
@@ -38,8 +51,15 @@ class SimNetwork:
     topology: Topology
     channel: ChannelServer
     classical: MemoryNetwork
+    #: The running nodes (a stopped node is absent until it starts again).
     nodes: dict[str, NodeRuntime]
     sessions: dict[str, LocalSession]
+    seed: int = 0
+    #: Losing messages makes routing converge later: the bound allows for retransmissions.
+    lossy: bool = False
+    _nursery: trio.Nursery | None = field(default=None, repr=False)
+    _scopes: dict[str, trio.CancelScope] = field(default_factory=dict, repr=False)
+    _stopped: dict[str, trio.Event] = field(default_factory=dict, repr=False)
 
     def node(self, name: str) -> NodeRuntime:
         return self.nodes[name]
@@ -52,6 +72,100 @@ class SimNetwork:
     def now(self) -> int:
         return self.channel.clock.now_ns()
 
+    @property
+    def routing_config(self) -> RoutingConfig:
+        """The routing settings every node runs with."""
+        return routing_config(self.topology.routing, self.channel.clock.scale)
+
+    def routing_bound_ns(self) -> int:
+        """How long routing may take to settle after a change (``convergence_bound_ns`` with
+        k the network's hop diameter and d its longest fibre delay), plus, on a lossy network,
+        room for many lost hellos and retransmissions."""
+        config = self.routing_config
+        delay = max(
+            (fibre_delay_ns(link.params.length_km) for link in self.topology.links), default=0
+        )
+        bound = convergence_bound_ns(config, hop_diameter(self.topology), delay + 1)
+        if self.lossy:
+            bound += 50 * max(config.hello_interval_ns, config.retransmit_interval_ns)
+        return bound
+
+    async def wait_converged(self, names: Iterable[str] | None = None) -> None:
+        """Wait until routing has converged on each running node of ``names`` (default: all),
+        at most ``routing_bound_ns`` of simulated time; ``Timeout`` names the laggards."""
+        waiting = [self.nodes[n] for n in (self.nodes if names is None else names)]
+        with trio.move_on_at(self.channel.clock.trio_time(self.now() + self.routing_bound_ns())):
+            for runtime in waiting:
+                await runtime.routing_converged.wait()
+        late = [r.name for r in waiting if not r.routing_converged.is_set()]
+        if late:
+            bound_ms = self.routing_bound_ns() / 1e6
+            raise Timeout(
+                f"routing did not converge within {bound_ms:g} ms of simulated time on"
+                f" {', '.join(late)}"
+            )
+
+    async def stop_node(self, name: str, *, silent: bool = False) -> None:
+        """Stop node ``name`` as if its daemon were killed: its tasks end, what it had in
+        flight is lost, messages for it are dropped, and its backend session ends (qubits
+        freed). Its neighbours' transports report the link down at once, or, with ``silent``,
+        not at all (routing then notices after its dead interval)."""
+        scope = self._scopes.get(name)
+        if scope is None:
+            self.topology.node(name)  # NotFound for a stranger
+            raise FailedPrecondition(f"node {name} is not running")
+        if silent:
+            self.classical.stop_silently(name)
+        scope.cancel()
+        await self._stopped[name].wait()
+
+    async def start_node(self, name: str, session: LocalSession | None = None) -> NodeRuntime:
+        """Start a stopped node again, with fresh cores and a new backend session (or
+        ``session``, registered already)."""
+        if name in self._scopes:
+            raise FailedPrecondition(f"node {name} is already running")
+        spec = self.topology.node(name)
+        if self._nursery is None:
+            raise FailedPrecondition("the network is not open")
+        if session is None:
+            session = await LocalSession.register(self.channel, spec.name, spec.params)
+        runtime = NodeRuntime(
+            spec.name,
+            self.topology,
+            session,
+            self.classical.transport(spec.name),
+            self.channel.clock,
+            seed=self.seed,
+        )
+        await self._nursery.start(self._run_node, runtime, session)
+        return runtime
+
+    async def _run_node(
+        self,
+        runtime: NodeRuntime,
+        session: LocalSession,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        name = runtime.name
+        stopped = self._stopped[name] = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes[name] = scope
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(runtime.run)
+                    self.nodes[name] = runtime
+                    self.sessions[name] = session
+                    task_status.started()
+        finally:
+            self._scopes.pop(name, None)
+            if self.nodes.get(name) is runtime:
+                del self.nodes[name]
+                del self.sessions[name]
+            with contextlib.suppress(QnetError):  # already ended (taken over): nothing to free
+                session.close()
+            stopped.set()
+
 
 @asynccontextmanager
 async def open_network(
@@ -61,7 +175,8 @@ async def open_network(
     loss: float = 0.0,
     duplicate: float = 0.0,
 ) -> AsyncGenerator[SimNetwork, None]:
-    """Build and start every node of ``topology``; leaving the block stops them all."""
+    """Build and start every node of ``topology``, wait until their routing has converged;
+    leaving the block stops them all."""
     seed = topology.seed if seed is None else seed
     _deterministic_scheduling(seed)
     # Simulated physical time is the trio clock itself (scale 1): under a MockClock it is
@@ -70,24 +185,17 @@ async def open_network(
     core = ChannelCore(seed=seed, max_group_qubits=topology.max_group_qubits)
     server = ChannelServer(core, clock)
     classical = MemoryNetwork(topology, clock, loss=loss, duplicate=duplicate, seed=seed)
-    nodes: dict[str, NodeRuntime] = {}
-    sessions: dict[str, LocalSession] = {}
+    net = SimNetwork(topology, server, classical, {}, {}, seed, lossy=bool(loss or duplicate))
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
-        for spec in topology.nodes:
-            sessions[spec.name] = await LocalSession.register(server, spec.name, spec.params)
-        for spec in topology.nodes:
-            runtime = NodeRuntime(
-                spec.name,
-                topology,
-                sessions[spec.name],
-                classical.transport(spec.name),
-                clock,
-                seed=seed,
-            )
-            await nursery.start(runtime.run)
-            nodes[spec.name] = runtime
-        yield SimNetwork(topology, server, classical, nodes, sessions)
+        net._nursery = nursery
+        sessions = [
+            await LocalSession.register(server, spec.name, spec.params) for spec in topology.nodes
+        ]
+        for session in sessions:
+            await net.start_node(session.node, session)
+        await net.wait_converged()
+        yield net
         nursery.cancel_scope.cancel()
 
 

@@ -8,6 +8,8 @@ Format (DESIGN.md §8)::
     [[node]]           name = "alice", plus per-node overrides
     [[link]]           between = ["alice", "r1"], plus per-link overrides
     [channel]          host, port of qnet-channeld
+    [routing]          hello_interval_ms, dead_interval_ms, retransmit_interval_ms (daemon
+                       wall-clock ms), fidelity_threshold
 
 Every field has a default and a range check. A refused file raises ``TopologyError`` naming the
 file, the line and the field. ``model`` holds the dataclasses, ``schema`` the fields each table
@@ -20,6 +22,7 @@ from qnet.topology.model import (
     EndpointSpec,
     LinkSpec,
     NodeSpec,
+    RoutingSpec,
     Topology,
     TopologyError,
 )
@@ -32,6 +35,7 @@ __all__ = [
     "EndpointSpec",
     "LinkSpec",
     "NodeSpec",
+    "RoutingSpec",
     "Topology",
     "TopologyError",
     "load_topology",

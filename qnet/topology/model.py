@@ -22,6 +22,9 @@ MAX_GROUP_QUBITS_LIMIT = 14
 #: Seeds must fit the signed 64-bit integers of TOML and protobuf.
 MAX_SEED = 2**63 - 1
 MAX_TIME_SCALE = 1e9
+#: Longest routing hello or retransmission interval (ms), and longest dead interval.
+MAX_ROUTING_INTERVAL_MS = 60_000.0
+MAX_DEAD_INTERVAL_MS = 600_000.0
 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # Loose on purpose (names, IPv4, IPv6 all pass); it only stops what could never be an address.
@@ -88,6 +91,38 @@ def check_node_name_value(value: object) -> None:
     check_node_name(value)  # type: ignore[arg-type]  # it checks the type itself
 
 
+def _ms_in(name: str, value: object, hi: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= hi
+    ):
+        raise InvalidArgument(f"{name} must be in (0, {hi:g}] ms, got {value!r}")
+
+
+def check_hello_interval_ms(value: object) -> None:
+    _ms_in("hello_interval_ms", value, MAX_ROUTING_INTERVAL_MS)
+
+
+def check_dead_interval_ms(value: object) -> None:
+    _ms_in("dead_interval_ms", value, MAX_DEAD_INTERVAL_MS)
+
+
+def check_retransmit_interval_ms(value: object) -> None:
+    _ms_in("retransmit_interval_ms", value, MAX_ROUTING_INTERVAL_MS)
+
+
+def check_fidelity_threshold(value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0.0 <= value <= 1.0
+    ):
+        raise InvalidArgument(f"fidelity_threshold must be in [0, 1], got {value!r}")
+
+
 # -- the topology -----------------------------------------------------------------------------
 
 
@@ -101,6 +136,36 @@ class EndpointSpec:
     def __post_init__(self) -> None:
         check_host(self.host)
         check_port(self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSpec:
+    """Link-state routing settings, the ``[routing]`` table; every node uses the same.
+
+    The intervals are about messages between daemons and how fast a silent neighbour is
+    declared dead, so they are milliseconds of the daemons' wall clock (virtual time in
+    ``qnet.sim``); a daemon converts them to physical time with the backend's time scale.
+    """
+
+    hello_interval_ms: float = 100.0
+    #: A neighbour silent this long is down; must exceed the hello interval (a few of them
+    #: ride out a lost hello or a busy daemon).
+    dead_interval_ms: float = 400.0
+    #: Unacknowledged adverts and database requests are resent this often.
+    retransmit_interval_ms: float = 100.0
+    #: Links are costed at the rate reaching this fidelity; links below it are not used.
+    fidelity_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        check_hello_interval_ms(self.hello_interval_ms)
+        check_dead_interval_ms(self.dead_interval_ms)
+        check_retransmit_interval_ms(self.retransmit_interval_ms)
+        check_fidelity_threshold(self.fidelity_threshold)
+        if self.dead_interval_ms <= self.hello_interval_ms:
+            raise InvalidArgument(
+                f"dead_interval_ms ({self.dead_interval_ms:g}) must exceed hello_interval_ms"
+                f" ({self.hello_interval_ms:g})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +278,7 @@ class Topology:
     nodes: tuple[NodeSpec, ...] = ()
     links: tuple[LinkSpec, ...] = ()
     channel: EndpointSpec = field(default_factory=EndpointSpec)
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
     source: Path | None = field(default=None, compare=False)
     _nodes_by_name: dict[str, NodeSpec] = field(init=False, repr=False, compare=False)
     _links_by_node: dict[str, tuple[LinkSpec, ...]] = field(init=False, repr=False, compare=False)
@@ -225,6 +291,8 @@ class Topology:
         check_seed(self.seed)
         check_time_scale(self.time_scale)
         check_max_group_qubits(self.max_group_qubits)
+        if not isinstance(self.routing, RoutingSpec):
+            raise InvalidArgument("routing must be a RoutingSpec")
         for problem in structure_problems(self.nodes, self.links, self.channel):
             raise InvalidArgument(problem.message)
         by_node: dict[str, list[LinkSpec]] = {n.name: [] for n in self.nodes}

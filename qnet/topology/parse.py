@@ -22,6 +22,7 @@ from qnet.topology.model import (
     EndpointSpec,
     LinkSpec,
     NodeSpec,
+    RoutingSpec,
     Topology,
     TopologyError,
     hint,
@@ -35,6 +36,7 @@ from qnet.topology.schema import (
     NODE_DEFAULT_FIELDS,
     NODE_FIELDS,
     NODE_PARAM_FIELDS,
+    ROUTING_FIELDS,
     TOP_TABLES,
     Field,
     accept,
@@ -146,6 +148,22 @@ class _Parser:
             "[channel]",
             ENDPOINT_FIELDS,
         )
+        routing_path: KeyPath = ("routing",)
+        routing_values = self.values(
+            self.table(doc, "routing", routing_path),
+            routing_path,
+            "[routing]",
+            "[routing]",
+            ROUTING_FIELDS,
+        )
+        routing = self.params(
+            RoutingSpec(),
+            ROUTING_FIELDS,
+            routing_values,
+            {k: (*routing_path, k) for k in routing_values},
+            routing_path,
+            "[routing]",
+        )
         defaults = self.table(doc, "defaults", ("defaults",))
         for key in defaults:
             self.unknown(("defaults",), key, "[defaults]", ["node", "link"])
@@ -180,6 +198,7 @@ class _Parser:
                 nodes=tuple(nodes),
                 links=tuple(links),
                 channel=channel,
+                routing=routing,
                 source=source,
             )
         except InvalidArgument as e:  # only a check added to Topology but not to the parser

@@ -9,11 +9,15 @@ from typing import Any
 from qnet.errors import InvalidArgument
 from qnet.physical.params import LinkParams, NodeParams, Scheme
 from qnet.topology.model import (
+    check_dead_interval_ms,
+    check_fidelity_threshold,
+    check_hello_interval_ms,
     check_host,
     check_max_group_qubits,
     check_network_name,
     check_node_name_value,
     check_port,
+    check_retransmit_interval_ms,
     check_seed,
     check_time_scale,
 )
@@ -55,10 +59,17 @@ NETWORK_FIELDS = {
     "time_scale": Field("float", check_time_scale),
     "max_group_qubits": Field("int", check_max_group_qubits),
 }
+#: Checked one by one here; the rule across them (dead > hello) when RoutingSpec is built.
+ROUTING_FIELDS = {
+    "hello_interval_ms": Field("float", check_hello_interval_ms),
+    "dead_interval_ms": Field("float", check_dead_interval_ms),
+    "retransmit_interval_ms": Field("float", check_retransmit_interval_ms),
+    "fidelity_threshold": Field("float", check_fidelity_threshold),
+}
 NODE_DEFAULT_FIELDS = {**NODE_PARAM_FIELDS, **ENDPOINT_FIELDS}
 NODE_FIELDS = {"name": Field("str", check_node_name_value), **NODE_DEFAULT_FIELDS}
 LINK_FIELDS = ["between", *LINK_PARAM_FIELDS]
-TOP_TABLES = ["network", "defaults", "node", "link", "channel"]
+TOP_TABLES = ["network", "defaults", "node", "link", "channel", "routing"]
 
 
 def describe(value: object) -> str:

@@ -7,7 +7,13 @@ from dataclasses import fields
 from typing import Any
 
 from qnet.physical.params import LinkParams, NodeParams, Scheme
-from qnet.topology.model import DEFAULT_MAX_GROUP_QUBITS, EndpointSpec, NodeSpec, Topology
+from qnet.topology.model import (
+    DEFAULT_MAX_GROUP_QUBITS,
+    EndpointSpec,
+    NodeSpec,
+    RoutingSpec,
+    Topology,
+)
 
 
 def _toml_str(value: str) -> str:
@@ -71,6 +77,10 @@ def topology_to_toml(top: Topology) -> str:
     channel = {k: v for k, v in _as_dict(top.channel).items() if v != _as_dict(EndpointSpec())[k]}
     if channel:
         lines += ["", "[channel]", *_assignments(channel)]
+    library_routing = _as_dict(RoutingSpec())
+    routing = {k: v for k, v in _as_dict(top.routing).items() if v != library_routing[k]}
+    if routing:
+        lines += ["", "[routing]", *_assignments(routing)]
     library_node = {**_as_dict(NodeParams()), **_as_dict(EndpointSpec())}
     node_common, node_own = _factor([_node_dict(n) for n in top.nodes], library_node)
     link_common, link_own = _factor(

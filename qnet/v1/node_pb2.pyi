@@ -4,7 +4,8 @@ isort:skip_file
 Node API: what `qnet up`, `qnet status`, operators and link-layer clients ask a qnetd.
 
 Two services on the daemon's one gRPC server (beside the Peer service):
-  NodeAdmin  health, status, neighbour addresses, link and transport counters;
+  NodeAdmin  health, status, neighbour addresses, link and transport counters, the routing
+             table;
   LinkLayer  the link layer's CREATE as a stream of OK/ERR events, and the KEEP qubits it
              hands to clients.
 
@@ -33,6 +34,31 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RoutingNeighbourState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoutingNeighbourStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoutingNeighbourState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUTING_NEIGHBOUR_STATE_UNSPECIFIED: _RoutingNeighbourState.ValueType  # 0
+    ROUTING_NEIGHBOUR_STATE_DOWN: _RoutingNeighbourState.ValueType  # 1
+    """no hello heard for a dead interval, or link down"""
+    ROUTING_NEIGHBOUR_STATE_INIT: _RoutingNeighbourState.ValueType  # 2
+    """its hellos do not list this node yet"""
+    ROUTING_NEIGHBOUR_STATE_UP: _RoutingNeighbourState.ValueType  # 3
+    """two-way: its link is advertised and used"""
+
+class RoutingNeighbourState(_RoutingNeighbourState, metaclass=_RoutingNeighbourStateEnumTypeWrapper): ...
+
+ROUTING_NEIGHBOUR_STATE_UNSPECIFIED: RoutingNeighbourState.ValueType  # 0
+ROUTING_NEIGHBOUR_STATE_DOWN: RoutingNeighbourState.ValueType  # 1
+"""no hello heard for a dead interval, or link down"""
+ROUTING_NEIGHBOUR_STATE_INIT: RoutingNeighbourState.ValueType  # 2
+"""its hellos do not list this node yet"""
+ROUTING_NEIGHBOUR_STATE_UP: RoutingNeighbourState.ValueType  # 3
+"""two-way: its link is advertised and used"""
+Global___RoutingNeighbourState: _TypeAlias = RoutingNeighbourState  # noqa: Y015
 
 class _PairKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -97,6 +123,8 @@ class _LinkErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LinkErr
     """a node had no free memory qubit"""
     LINK_ERROR_CODE_DENIED: _LinkErrorCode.ValueType  # 5
     """the master's queue is full"""
+    LINK_ERROR_CODE_CANCELLED: _LinkErrorCode.ValueType  # 6
+    """the request's origin withdrew it"""
 
 class LinkErrorCode(_LinkErrorCode, metaclass=_LinkErrorCodeEnumTypeWrapper): ...
 
@@ -111,6 +139,8 @@ LINK_ERROR_CODE_NO_MEMORY: LinkErrorCode.ValueType  # 4
 """a node had no free memory qubit"""
 LINK_ERROR_CODE_DENIED: LinkErrorCode.ValueType  # 5
 """the master's queue is full"""
+LINK_ERROR_CODE_CANCELLED: LinkErrorCode.ValueType  # 6
+"""the request's origin withdrew it"""
 Global___LinkErrorCode: _TypeAlias = LinkErrorCode  # noqa: Y015
 
 @_typing.final
@@ -230,6 +260,7 @@ class StatusResponse(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     NOW_NS_FIELD_NUMBER: _builtins.int
     TIME_SCALE_FIELD_NUMBER: _builtins.int
+    ROUTING_CONVERGED_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     node: _builtins.str
     """Name of the node this daemon runs."""
@@ -252,6 +283,8 @@ class StatusResponse(_message.Message):
     now_ns: _builtins.int
     """Physical time now and the backend's time scale (physical seconds per wall second)."""
     time_scale: _builtins.float
+    routing_converged: _builtins.bool
+    """Routing has converged: its table answers (see Routes)."""
     @_builtins.property
     def neighbours(self) -> _containers.RepeatedCompositeFieldContainer[Global___NeighbourStatus]:
         """Neighbours in topology order."""
@@ -272,10 +305,11 @@ class StatusResponse(_message.Message):
         channel: _builtins.str = ...,
         now_ns: _builtins.int = ...,
         time_scale: _builtins.float = ...,
+        routing_converged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "memory_qubits_in_use", b"memory_qubits_in_use", "memory_qubits_total", b"memory_qubits_total", "neighbours", b"neighbours", "network", b"network", "node", b"node", "now_ns", b"now_ns", "pid", b"pid", "protocol_version", b"protocol_version", "qubits_held_for_clients", b"qubits_held_for_clients", "resident_memory_bytes", b"resident_memory_bytes", "time_scale", b"time_scale", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "memory_qubits_in_use", b"memory_qubits_in_use", "memory_qubits_total", b"memory_qubits_total", "neighbours", b"neighbours", "network", b"network", "node", b"node", "now_ns", b"now_ns", "pid", b"pid", "protocol_version", b"protocol_version", "qubits_held_for_clients", b"qubits_held_for_clients", "resident_memory_bytes", b"resident_memory_bytes", "routing_converged", b"routing_converged", "time_scale", b"time_scale", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -588,7 +622,7 @@ class CountersResponse(_message.Message):
     refused_streams: _builtins.int
     """Incoming Peer streams refused (unknown sender, version, wrong recipient, no Hello)."""
     protocol_errors: _builtins.int
-    """Link-layer messages from neighbours refused as protocol errors."""
+    """Messages from neighbours (link layer and routing) refused as protocol errors."""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerCounters]: ...
     def __init__(
@@ -609,6 +643,171 @@ class CountersResponse(_message.Message):
 Global___CountersResponse: _TypeAlias = CountersResponse  # noqa: Y015
 
 @_typing.final
+class RoutesRequest(_message.Message):
+    """--- routing -------------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    after_version: _builtins.int
+    """0: answer now. Otherwise wait until the routing state's version is above this one."""
+    timeout_s: _builtins.float
+    """Longest wait, wall-clock seconds, in [0, 600]; on timeout the answer is the current state."""
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        after_version: _builtins.int = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "protocol_version", b"protocol_version", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutesRequest: _TypeAlias = RoutesRequest  # noqa: Y015
+
+@_typing.final
+class WaitRoutesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    timeout_s: _builtins.float
+    """Longest wait, wall-clock seconds, in [0, 600]; 0 only reports the current state."""
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol_version", b"protocol_version", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitRoutesRequest: _TypeAlias = WaitRoutesRequest  # noqa: Y015
+
+@_typing.final
+class Route(_message.Message):
+    """One row of the routing table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    NEXT_HOP_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    COST_S_FIELD_NUMBER: _builtins.int
+    FIDELITY_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    next_hop: _builtins.str
+    """The neighbour requests for `destination` go to first."""
+    cost_s: _builtins.float
+    """Physical seconds per Bell pair summed over the path's links, each at the fidelity
+    threshold.
+    """
+    fidelity: _builtins.float
+    """Expected end-to-end fidelity after swapping at every intermediate node."""
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every node on the route, this node first and `destination` last."""
+
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        next_hop: _builtins.str = ...,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        cost_s: _builtins.float = ...,
+        fidelity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_s", b"cost_s", "destination", b"destination", "fidelity", b"fidelity", "next_hop", b"next_hop", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class RoutingNeighbour(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    state: Global___RoutingNeighbourState.ValueType
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        state: Global___RoutingNeighbourState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingNeighbour: _TypeAlias = RoutingNeighbour  # noqa: Y015
+
+@_typing.final
+class RoutesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    CONVERGED_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    NEIGHBOURS_FIELD_NUMBER: _builtins.int
+    FIDELITY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    node: _builtins.str
+    converged: _builtins.bool
+    """Routing has converged: the table answers (before, it may be partial)."""
+    complete: _builtins.bool
+    """The table equals the one the topology gives when every node and link is up."""
+    version: _builtins.int
+    """Increases with every change of the table, of a neighbour's state or of `converged`."""
+    fidelity_threshold: _builtins.float
+    """The fidelity threshold links are costed at."""
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]:
+        """By destination name."""
+
+    @_builtins.property
+    def neighbours(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutingNeighbour]:
+        """In topology order."""
+
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        node: _builtins.str = ...,
+        converged: _builtins.bool = ...,
+        complete: _builtins.bool = ...,
+        version: _builtins.int = ...,
+        routes: _abc.Iterable[Global___Route] | None = ...,
+        neighbours: _abc.Iterable[Global___RoutingNeighbour] | None = ...,
+        fidelity_threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "converged", b"converged", "fidelity_threshold", b"fidelity_threshold", "neighbours", b"neighbours", "node", b"node", "protocol_version", b"protocol_version", "routes", b"routes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutesResponse: _TypeAlias = RoutesResponse  # noqa: Y015
+
+@_typing.final
 class LinkCreateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -621,6 +820,7 @@ class LinkCreateRequest(_message.Message):
     BASIS_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    MEASURE_ON_DELIVERY_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     remote: _builtins.str
     """The neighbour at the other end of the link."""
@@ -636,6 +836,13 @@ class LinkCreateRequest(_message.Message):
     """Opaque tag echoed in every OK (at both ends)."""
     priority: _builtins.int
     """Larger is served first."""
+    measure_on_delivery: _channel_pb2.Basis.ValueType
+    """KEEP only. Unset: each delivered qubit is held for this client (MeasureQubit,
+    FreeQubits). Set: the daemon measures each qubit in this basis for the client as it
+    delivers it, and the OK carries the outcome (`measured`); nothing is held. The pair is
+    still a KEEP pair (delivered to memory, its fidelity estimate at delivery); this saves
+    the client a call per pair.
+    """
     def __init__(
         self,
         *,
@@ -648,10 +855,11 @@ class LinkCreateRequest(_message.Message):
         basis: Global___LinkBasis.ValueType = ...,
         purpose: _builtins.int = ...,
         priority: _builtins.int = ...,
+        measure_on_delivery: _channel_pb2.Basis.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "kind", b"kind", "max_time_ns", b"max_time_ns", "min_fidelity", b"min_fidelity", "number", b"number", "priority", b"priority", "protocol_version", b"protocol_version", "purpose", b"purpose", "remote", b"remote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "kind", b"kind", "max_time_ns", b"max_time_ns", "measure_on_delivery", b"measure_on_delivery", "min_fidelity", b"min_fidelity", "number", b"number", "priority", b"priority", "protocol_version", b"protocol_version", "purpose", b"purpose", "remote", b"remote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -663,17 +871,24 @@ class LinkEventsRequest(_message.Message):
 
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    MEASURE_ON_DELIVERY_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     peer: _builtins.str
+    measure_on_delivery: _channel_pb2.Basis.ValueType
+    """As in LinkCreateRequest, for the KEEP pairs of the neighbour's requests. If several
+    LinkEvents streams of the link are open and one of them asks for this, the daemon
+    measures (in the basis of the earliest such stream) and every stream gets the outcome.
+    """
     def __init__(
         self,
         *,
         protocol_version: _builtins.int = ...,
         peer: _builtins.str = ...,
+        measure_on_delivery: _channel_pb2.Basis.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["measure_on_delivery", b"measure_on_delivery", "peer", b"peer", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,6 +937,7 @@ class LinkOk(_message.Message):
     FIDELITY_ESTIMATE_FIELD_NUMBER: _builtins.int
     ESTIMATE_TIME_NS_FIELD_NUMBER: _builtins.int
     INDEX_IN_REQUEST_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     create_id: _builtins.int
     purpose: _builtins.int
@@ -743,6 +959,10 @@ class LinkOk(_message.Message):
     estimate_time_ns: _builtins.int
     index_in_request: _builtins.int
     """0-based position of the pair within its request."""
+    measured: _builtins.bool
+    """KEEP with measure_on_delivery: the daemon measured `qubit` for the client (outcome and
+    basis above); it is not held.
+    """
     def __init__(
         self,
         *,
@@ -759,10 +979,11 @@ class LinkOk(_message.Message):
         fidelity_estimate: _builtins.float = ...,
         estimate_time_ns: _builtins.int = ...,
         index_in_request: _builtins.int = ...,
+        measured: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "bell_index", b"bell_index", "create_id", b"create_id", "estimate_time_ns", b"estimate_time_ns", "fidelity_estimate", b"fidelity_estimate", "index_in_request", b"index_in_request", "kind", b"kind", "link_id", b"link_id", "origin", b"origin", "outcome", b"outcome", "purpose", b"purpose", "qubit", b"qubit", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "bell_index", b"bell_index", "create_id", b"create_id", "estimate_time_ns", b"estimate_time_ns", "fidelity_estimate", b"fidelity_estimate", "index_in_request", b"index_in_request", "kind", b"kind", "link_id", b"link_id", "measured", b"measured", "origin", b"origin", "outcome", b"outcome", "purpose", b"purpose", "qubit", b"qubit", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,6 +1152,60 @@ class MeasureQubitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MeasureQubitResponse: _TypeAlias = MeasureQubitResponse  # noqa: Y015
+
+@_typing.final
+class MeasureQubitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    QUBITS_FIELD_NUMBER: _builtins.int
+    BASES_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    @_builtins.property
+    def qubits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Qubits to measure, each at most once, with one basis per qubit."""
+
+    @_builtins.property
+    def bases(self) -> _containers.RepeatedScalarFieldContainer[_channel_pb2.Basis.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        qubits: _abc.Iterable[_builtins.int] | None = ...,
+        bases: _abc.Iterable[_channel_pb2.Basis.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bases", b"bases", "protocol_version", b"protocol_version", "qubits", b"qubits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeasureQubitsRequest: _TypeAlias = MeasureQubitsRequest  # noqa: Y015
+
+@_typing.final
+class MeasureQubitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One per qubit, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        outcomes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "protocol_version", b"protocol_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeasureQubitsResponse: _TypeAlias = MeasureQubitsResponse  # noqa: Y015
 
 @_typing.final
 class FreeQubitsRequest(_message.Message):

@@ -4,7 +4,8 @@ isort:skip_file
 Node API: what `qnet up`, `qnet status`, operators and link-layer clients ask a qnetd.
 
 Two services on the daemon's one gRPC server (beside the Peer service):
-  NodeAdmin  health, status, neighbour addresses, link and transport counters;
+  NodeAdmin  health, status, neighbour addresses, link and transport counters, the routing
+             table;
   LinkLayer  the link layer's CREATE as a stream of OK/ERR events, and the KEEP qubits it
              hands to clients.
 
@@ -60,6 +61,16 @@ class NodeAdminStub:
     """Per link: what the link layer generated and delivered so far."""
     Counters: _grpc.UnaryUnaryMultiCallable[_node_pb2.CountersRequest, _node_pb2.CountersResponse]
     """Per neighbour: the Peer transport's counters."""
+    Routes: _grpc.UnaryUnaryMultiCallable[_node_pb2.RoutesRequest, _node_pb2.RoutesResponse]
+    """The routing table, the routing neighbours' states and whether routing has converged.
+    With `after_version` set, waits (bounded by `timeout_s`) until the routing state changed
+    since the answer that carried that version, so a client follows changes without polling.
+    """
+    WaitRoutes: _grpc.UnaryUnaryMultiCallable[_node_pb2.WaitRoutesRequest, _node_pb2.RoutesResponse]
+    """Wait (bounded by `timeout_s`) until routing has converged here and the table is the one
+    the topology gives when every node and link is up (`complete`): what `qnet up` waits for.
+    Answers as soon as it is, `complete` false on timeout.
+    """
 
 @_typing.type_check_only
 class NodeAdminAsyncStub(NodeAdminStub):
@@ -79,6 +90,16 @@ class NodeAdminAsyncStub(NodeAdminStub):
     """Per link: what the link layer generated and delivered so far."""
     Counters: _aio.UnaryUnaryMultiCallable[_node_pb2.CountersRequest, _node_pb2.CountersResponse]  # type: ignore[assignment]
     """Per neighbour: the Peer transport's counters."""
+    Routes: _aio.UnaryUnaryMultiCallable[_node_pb2.RoutesRequest, _node_pb2.RoutesResponse]  # type: ignore[assignment]
+    """The routing table, the routing neighbours' states and whether routing has converged.
+    With `after_version` set, waits (bounded by `timeout_s`) until the routing state changed
+    since the answer that carried that version, so a client follows changes without polling.
+    """
+    WaitRoutes: _aio.UnaryUnaryMultiCallable[_node_pb2.WaitRoutesRequest, _node_pb2.RoutesResponse]  # type: ignore[assignment]
+    """Wait (bounded by `timeout_s`) until routing has converged here and the table is the one
+    the topology gives when every node and link is up (`complete`): what `qnet up` waits for.
+    Answers as soon as it is, `complete` false on timeout.
+    """
 
 class NodeAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,6 +153,28 @@ class NodeAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.CountersResponse, _abc.Awaitable[_node_pb2.CountersResponse]]:
         """Per neighbour: the Peer transport's counters."""
 
+    @_abc_1.abstractmethod
+    def Routes(
+        self,
+        request: _node_pb2.RoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.RoutesResponse, _abc.Awaitable[_node_pb2.RoutesResponse]]:
+        """The routing table, the routing neighbours' states and whether routing has converged.
+        With `after_version` set, waits (bounded by `timeout_s`) until the routing state changed
+        since the answer that carried that version, so a client follows changes without polling.
+        """
+
+    @_abc_1.abstractmethod
+    def WaitRoutes(
+        self,
+        request: _node_pb2.WaitRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.RoutesResponse, _abc.Awaitable[_node_pb2.RoutesResponse]]:
+        """Wait (bounded by `timeout_s`) until routing has converged here and the table is the one
+        the topology gives when every node and link is up (`complete`): what `qnet up` waits for.
+        Answers as soon as it is, `complete` false on timeout.
+        """
+
 def add_NodeAdminServicer_to_server(servicer: NodeAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class LinkLayerStub:
@@ -144,9 +187,10 @@ class LinkLayerStub:
     LinkCreate: _grpc.UnaryStreamMultiCallable[_node_pb2.LinkCreateRequest, _node_pb2.LinkEvent]
     """A link-layer CREATE towards the neighbour `remote`. The stream starts with `accepted`
     (naming the request), then carries the request's OKs in order until `number` OKs or one
-    ERR, then ends. Ending the call early stops delivery to this client: later KEEP qubits of
-    the request are freed, not held. A malformed request fails with INVALID_ARGUMENT, an
-    unknown neighbour with NOT_FOUND.
+    ERR, then ends. Ending the call early cancels the request: the link layer ends it at both
+    ends with ERR CANCELLED (the other end's LinkEvents streams see it), and its later KEEP
+    qubits are freed, not held. A malformed request fails with INVALID_ARGUMENT, an unknown
+    neighbour with NOT_FOUND.
     """
     LinkEvents: _grpc.UnaryStreamMultiCallable[_node_pb2.LinkEventsRequest, _node_pb2.LinkEvent]
     """Every OK and ERR on the link to `peer` of requests this node did not issue (the other
@@ -160,6 +204,10 @@ class LinkLayerStub:
     """Measure (and free) a KEEP qubit held for clients. NOT_FOUND if it is not held (never
     delivered, or already measured or freed).
     """
+    MeasureQubits: _grpc.UnaryUnaryMultiCallable[_node_pb2.MeasureQubitsRequest, _node_pb2.MeasureQubitsResponse]
+    """Measure (and free) several held KEEP qubits in one call, each in its own basis; all are
+    checked before any is measured. Cheaper than one MeasureQubit per qubit.
+    """
     FreeQubits: _grpc.UnaryUnaryMultiCallable[_node_pb2.FreeQubitsRequest, _node_pb2.FreeQubitsResponse]
     """Free KEEP qubits held for clients; all are checked before any is freed."""
 
@@ -171,9 +219,10 @@ class LinkLayerAsyncStub(LinkLayerStub):
     LinkCreate: _aio.UnaryStreamMultiCallable[_node_pb2.LinkCreateRequest, _node_pb2.LinkEvent]  # type: ignore[assignment]
     """A link-layer CREATE towards the neighbour `remote`. The stream starts with `accepted`
     (naming the request), then carries the request's OKs in order until `number` OKs or one
-    ERR, then ends. Ending the call early stops delivery to this client: later KEEP qubits of
-    the request are freed, not held. A malformed request fails with INVALID_ARGUMENT, an
-    unknown neighbour with NOT_FOUND.
+    ERR, then ends. Ending the call early cancels the request: the link layer ends it at both
+    ends with ERR CANCELLED (the other end's LinkEvents streams see it), and its later KEEP
+    qubits are freed, not held. A malformed request fails with INVALID_ARGUMENT, an unknown
+    neighbour with NOT_FOUND.
     """
     LinkEvents: _aio.UnaryStreamMultiCallable[_node_pb2.LinkEventsRequest, _node_pb2.LinkEvent]  # type: ignore[assignment]
     """Every OK and ERR on the link to `peer` of requests this node did not issue (the other
@@ -186,6 +235,10 @@ class LinkLayerAsyncStub(LinkLayerStub):
     MeasureQubit: _aio.UnaryUnaryMultiCallable[_node_pb2.MeasureQubitRequest, _node_pb2.MeasureQubitResponse]  # type: ignore[assignment]
     """Measure (and free) a KEEP qubit held for clients. NOT_FOUND if it is not held (never
     delivered, or already measured or freed).
+    """
+    MeasureQubits: _aio.UnaryUnaryMultiCallable[_node_pb2.MeasureQubitsRequest, _node_pb2.MeasureQubitsResponse]  # type: ignore[assignment]
+    """Measure (and free) several held KEEP qubits in one call, each in its own basis; all are
+    checked before any is measured. Cheaper than one MeasureQubit per qubit.
     """
     FreeQubits: _aio.UnaryUnaryMultiCallable[_node_pb2.FreeQubitsRequest, _node_pb2.FreeQubitsResponse]  # type: ignore[assignment]
     """Free KEEP qubits held for clients; all are checked before any is freed."""
@@ -201,9 +254,10 @@ class LinkLayerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_node_pb2.LinkEvent], _abc.AsyncIterator[_node_pb2.LinkEvent]]:
         """A link-layer CREATE towards the neighbour `remote`. The stream starts with `accepted`
         (naming the request), then carries the request's OKs in order until `number` OKs or one
-        ERR, then ends. Ending the call early stops delivery to this client: later KEEP qubits of
-        the request are freed, not held. A malformed request fails with INVALID_ARGUMENT, an
-        unknown neighbour with NOT_FOUND.
+        ERR, then ends. Ending the call early cancels the request: the link layer ends it at both
+        ends with ERR CANCELLED (the other end's LinkEvents streams see it), and its later KEEP
+        qubits are freed, not held. A malformed request fails with INVALID_ARGUMENT, an unknown
+        neighbour with NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -228,6 +282,16 @@ class LinkLayerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.MeasureQubitResponse, _abc.Awaitable[_node_pb2.MeasureQubitResponse]]:
         """Measure (and free) a KEEP qubit held for clients. NOT_FOUND if it is not held (never
         delivered, or already measured or freed).
+        """
+
+    @_abc_1.abstractmethod
+    def MeasureQubits(
+        self,
+        request: _node_pb2.MeasureQubitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.MeasureQubitsResponse, _abc.Awaitable[_node_pb2.MeasureQubitsResponse]]:
+        """Measure (and free) several held KEEP qubits in one call, each in its own basis; all are
+        checked before any is measured. Cheaper than one MeasureQubit per qubit.
         """
 
     @_abc_1.abstractmethod

@@ -65,7 +65,8 @@ class PeerMessage(_message.Message):
 
       1 to 15     the Peer protocol itself (Hello)
       16 to 63    link layer: the EGP messages between the two ends of a link (Link*)
-      64 to 127   network layer (routing, circuits, swapping; not assigned yet)
+      64 to 127   network layer: 64 to 79 link-state routing, 80 to 111 circuits, swapping
+                  and tracking, 112 to 127 not assigned yet
       128 to 191  transport layer (connections, pair streams; not assigned yet)
 
     A receiver drops (and counts) a message whose case it does not know.
@@ -83,6 +84,19 @@ class PeerMessage(_message.Message):
     LINK_TERMINATE_FIELD_NUMBER: _builtins.int
     LINK_EXPIRE_FIELD_NUMBER: _builtins.int
     LINK_MEMORY_FULL_FIELD_NUMBER: _builtins.int
+    LINK_CANCEL_FIELD_NUMBER: _builtins.int
+    NET_ROUTING_HELLO_FIELD_NUMBER: _builtins.int
+    NET_LINK_STATE_ADVERT_FIELD_NUMBER: _builtins.int
+    NET_ADVERT_ACK_FIELD_NUMBER: _builtins.int
+    NET_DATABASE_REQUEST_FIELD_NUMBER: _builtins.int
+    NET_DATABASE_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    NET_CIRCUIT_SETUP_FIELD_NUMBER: _builtins.int
+    NET_CIRCUIT_ACCEPT_FIELD_NUMBER: _builtins.int
+    NET_CIRCUIT_REJECT_FIELD_NUMBER: _builtins.int
+    NET_CIRCUIT_TEARDOWN_FIELD_NUMBER: _builtins.int
+    NET_PAIR_TRACK_FIELD_NUMBER: _builtins.int
+    NET_CHAIN_DISCARD_FIELD_NUMBER: _builtins.int
+    NET_PAIR_COMPLETE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -103,6 +117,32 @@ class PeerMessage(_message.Message):
     def link_expire(self) -> Global___LinkExpire: ...
     @_builtins.property
     def link_memory_full(self) -> Global___LinkMemoryFull: ...
+    @_builtins.property
+    def link_cancel(self) -> Global___LinkCancel: ...
+    @_builtins.property
+    def net_routing_hello(self) -> Global___RoutingHello: ...
+    @_builtins.property
+    def net_link_state_advert(self) -> Global___LinkStateAdvert: ...
+    @_builtins.property
+    def net_advert_ack(self) -> Global___AdvertAck: ...
+    @_builtins.property
+    def net_database_request(self) -> Global___DatabaseQuery: ...
+    @_builtins.property
+    def net_database_description(self) -> Global___DatabaseDescription: ...
+    @_builtins.property
+    def net_circuit_setup(self) -> Global___CircuitSetup: ...
+    @_builtins.property
+    def net_circuit_accept(self) -> Global___CircuitAccept: ...
+    @_builtins.property
+    def net_circuit_reject(self) -> Global___CircuitReject: ...
+    @_builtins.property
+    def net_circuit_teardown(self) -> Global___CircuitTeardown: ...
+    @_builtins.property
+    def net_pair_track(self) -> Global___PairTrack: ...
+    @_builtins.property
+    def net_chain_discard(self) -> Global___ChainDiscard: ...
+    @_builtins.property
+    def net_pair_complete(self) -> Global___PairComplete: ...
     def __init__(
         self,
         *,
@@ -116,12 +156,25 @@ class PeerMessage(_message.Message):
         link_terminate: Global___LinkTerminate | None = ...,
         link_expire: Global___LinkExpire | None = ...,
         link_memory_full: Global___LinkMemoryFull | None = ...,
+        link_cancel: Global___LinkCancel | None = ...,
+        net_routing_hello: Global___RoutingHello | None = ...,
+        net_link_state_advert: Global___LinkStateAdvert | None = ...,
+        net_advert_ack: Global___AdvertAck | None = ...,
+        net_database_request: Global___DatabaseQuery | None = ...,
+        net_database_description: Global___DatabaseDescription | None = ...,
+        net_circuit_setup: Global___CircuitSetup | None = ...,
+        net_circuit_accept: Global___CircuitAccept | None = ...,
+        net_circuit_reject: Global___CircuitReject | None = ...,
+        net_circuit_teardown: Global___CircuitTeardown | None = ...,
+        net_pair_track: Global___PairTrack | None = ...,
+        net_chain_discard: Global___ChainDiscard | None = ...,
+        net_pair_complete: Global___PairComplete | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -404,8 +457,8 @@ class LinkTerminate(_message.Message):
     origin: _builtins.str
     create_id: _builtins.int
     code: _builtins.str
-    """"" when the request completed, else "unsupported", "timeout", "expired", "no_memory" or
-    "denied".
+    """"" when the request completed, else "unsupported", "timeout", "expired", "no_memory",
+    "denied" or "cancelled".
     """
     seq_first: _builtins.int
     """Herald sequences the error concerns (inclusive); seq_first = -1 for none."""
@@ -485,3 +538,564 @@ class LinkMemoryFull(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LinkMemoryFull: _TypeAlias = LinkMemoryFull  # noqa: Y015
+
+@_typing.final
+class LinkCancel(_message.Message):
+    """Slave to master: the slave, as the request's origin, withdraws it. The master ends it with
+    LinkTerminate (code "cancelled") unless it has already ended.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CREATE_ID_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.int
+    origin: _builtins.str
+    create_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        msg_id: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        create_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_id", b"create_id", "msg_id", b"msg_id", "origin", b"origin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkCancel: _TypeAlias = LinkCancel  # noqa: Y015
+
+@_typing.final
+class RoutingHello(_message.Message):
+    """--- network layer: link-state routing (qnet/network/routing_events.py) -----------------------
+
+    Between the routing cores of neighbouring nodes (the batch's sender and its receiver). Message
+    and field names equal the names of the matching Python dataclasses (DatabaseQuery is the
+    dataclass DatabaseRequest). Routing is best effort on top of the stream: hellos repeat every
+    hello interval, adverts and database requests are retransmitted until acknowledged or
+    answered, so loss, duplication and reordering are safe.
+    Times are integer nanoseconds of physical time, but no two clocks need to agree: only
+    intervals and ages travel. A node refuses (drops and counts) a message that names another
+    sender, repeats an origin or peer, or has a seq of 0, a fidelity outside [0, 1] or a rate
+    below 0; proto3 cannot tell 0 from an absent field, so those zero values are refused too.
+
+    Sent every hello interval to every neighbour, and at once when a neighbour's state changes.
+    A neighbour is up (two-way) once its hello lists the receiver in `heard`. The three settings
+    must be equal at both ends: a hello with other settings is refused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    HEARD_FIELD_NUMBER: _builtins.int
+    HELLO_INTERVAL_NS_FIELD_NUMBER: _builtins.int
+    DEAD_INTERVAL_NS_FIELD_NUMBER: _builtins.int
+    FIDELITY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The sender (equal to PeerBatch.sender)."""
+    seq: _builtins.int
+    """Counts the sender's hellos from 1 (for traces)."""
+    hello_interval_ns: _builtins.int
+    dead_interval_ns: _builtins.int
+    """A neighbour silent this long is down."""
+    fidelity_threshold: _builtins.float
+    """Links are costed at the rate that reaches this fidelity, in [0, 1]."""
+    @_builtins.property
+    def heard(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Neighbours whose hellos the sender hears, sorted."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        heard: _abc.Iterable[_builtins.str] | None = ...,
+        hello_interval_ns: _builtins.int = ...,
+        dead_interval_ns: _builtins.int = ...,
+        fidelity_threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_interval_ns", b"dead_interval_ns", "fidelity_threshold", b"fidelity_threshold", "heard", b"heard", "hello_interval_ns", b"hello_interval_ns", "node", b"node", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingHello: _TypeAlias = RoutingHello  # noqa: Y015
+
+@_typing.final
+class AdvertLink(_message.Message):
+    """One link of a link-state advert, as its origin measures it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    RATE_HZ_FIELD_NUMBER: _builtins.int
+    FIDELITY_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """The node at the other end."""
+    rate_hz: _builtins.float
+    """Bell pairs per physical second at the fidelity threshold; 0 marks an unusable link."""
+    fidelity: _builtins.float
+    """Fidelity of those pairs at delivery, in [0, 1]."""
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        rate_hz: _builtins.float = ...,
+        fidelity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fidelity", b"fidelity", "peer", b"peer", "rate_hz", b"rate_hz"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvertLink: _TypeAlias = AdvertLink  # noqa: Y015
+
+@_typing.final
+class AdvertHeader(_message.Message):
+    """Names one advert without its body."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    AGE_NS_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    seq: _builtins.int
+    age_ns: _builtins.int
+    """Age of the advert when the header was written."""
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        age_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_ns", b"age_ns", "origin", b"origin", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvertHeader: _TypeAlias = AdvertHeader  # noqa: Y015
+
+@_typing.final
+class LinkStateAdvert(_message.Message):
+    """`origin`'s links to its up neighbours and its memory, flooded to every node. A higher `seq`
+    from the same origin is newer. Retransmitted until acknowledged (AdvertAck).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    AGE_NS_FIELD_NUMBER: _builtins.int
+    MEMORY_QUBITS_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    seq: _builtins.int
+    age_ns: _builtins.int
+    """Age when sent: the origin sends 0, each hop adds the time the advert spent with it; at the
+    maximum age it is dropped.
+    """
+    memory_qubits: _builtins.int
+    """Memory qubits of the origin (fewer than 2: it cannot swap, so it carries no transit)."""
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertLink]:
+        """Sorted by peer, each peer once."""
+
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        age_ns: _builtins.int = ...,
+        memory_qubits: _builtins.int = ...,
+        links: _abc.Iterable[Global___AdvertLink] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_ns", b"age_ns", "links", b"links", "memory_qubits", b"memory_qubits", "origin", b"origin", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkStateAdvert: _TypeAlias = LinkStateAdvert  # noqa: Y015
+
+@_typing.final
+class AdvertAck(_message.Message):
+    """`node` holds the advert (origin, seq) or a newer one. Not itself acknowledged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    origin: _builtins.str
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "origin", b"origin", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvertAck: _TypeAlias = AdvertAck  # noqa: Y015
+
+@_typing.final
+class DatabaseQuery(_message.Message):
+    """Sent when a neighbour comes up: the adverts the sender holds; the receiver answers with a
+    DatabaseDescription and sends what it holds newer. Retransmitted until answered. (The
+    dataclass DatabaseRequest: names ending in Request are kept for RPC requests.)
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    request_id: _builtins.int
+    """Increases with every request the sender makes."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertHeader]:
+        """Each origin once."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        request_id: _builtins.int = ...,
+        headers: _abc.Iterable[Global___AdvertHeader] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "node", b"node", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatabaseQuery: _TypeAlias = DatabaseQuery  # noqa: Y015
+
+@_typing.final
+class DatabaseDescription(_message.Message):
+    """Answer to the DatabaseQuery `request_id`: the adverts the sender is about to send because
+    they are newer than the requester's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    request_id: _builtins.int
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertHeader]:
+        """Each origin once."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        request_id: _builtins.int = ...,
+        headers: _abc.Iterable[Global___AdvertHeader] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "node", b"node", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatabaseDescription: _TypeAlias = DatabaseDescription  # noqa: Y015
+
+@_typing.final
+class CircuitSetup(_message.Message):
+    """--- network layer: circuits, swapping and tracking (qnet/network/circuit_events.py) ----------
+
+    Between the circuit cores of neighbours on a circuit's path (the batch's sender and its
+    receiver). Field names equal the attribute names of the matching Python dataclasses. A
+    circuit is named by (head, circuit): the node that opened it and the number it gave it there.
+    Pair sequence numbers (`seq`) are link-layer herald sequences on the link between sender and
+    receiver; `head_seq` is the herald sequence of the head's link pair, which names an
+    end-to-end pair until the tail numbers it. Bell states are indexed x + 2z for
+    (I ⊗ X^x Z^z)|Φ+⟩; `weights` are the four probabilities of the pair being in state
+    nominal ⊕ e, for e = 0..3 (so weights[0] is the fidelity with the nominal state). Times are
+    integer nanoseconds on the backend's shared physical clock. The messages rely on the
+    ordered, reliable Exchange stream; a circuit whose hop is lost is torn down.
+
+    Setup, first pass (head → tail, hop by hop): each hop reserves memory and appends its free
+    memory to `memory_free`; the tail answers CircuitAccept or CircuitReject.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    min_fidelity: _builtins.float
+    """End-to-end fidelity the pairs must have at delivery."""
+    number: _builtins.int
+    """Pairs wanted; 0 for a stream until closed."""
+    label: _builtins.int
+    """The sender's link-layer `purpose` for its pairs on the link to the receiver."""
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every node of the circuit, head first."""
+
+    @_builtins.property
+    def memory_free(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Memory qubits each hop so far has free after reserving for this circuit, in path order."""
+
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        min_fidelity: _builtins.float = ...,
+        number: _builtins.int = ...,
+        label: _builtins.int = ...,
+        memory_free: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "head", b"head", "label", b"label", "memory_free", b"memory_free", "min_fidelity", b"min_fidelity", "number", b"number", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitSetup: _TypeAlias = CircuitSetup  # noqa: Y015
+
+@_typing.final
+class CircuitAccept(_message.Message):
+    """Setup, second pass (tail → head): the plan. The upstream end of each link asks its link
+    layer for pairs at `link_fidelity[i]` (link i joins path[i] and path[i+1]).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    LINK_FIDELITY_FIELD_NUMBER: _builtins.int
+    CUTOFF_NS_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    cutoff_ns: _builtins.int
+    """An intermediate node discards an unswapped pair older than this."""
+    @_builtins.property
+    def link_fidelity(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        link_fidelity: _abc.Iterable[_builtins.float] | None = ...,
+        cutoff_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "cutoff_ns", b"cutoff_ns", "head", b"head", "link_fidelity", b"link_fidelity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitAccept: _TypeAlias = CircuitAccept  # noqa: Y015
+
+@_typing.final
+class CircuitReject(_message.Message):
+    """Towards the head from the hop that refused; every hop on the way releases its reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    code: _builtins.str
+    """"unsupported", "no_memory", "unreachable", "denied" or "timeout"."""
+    node: _builtins.str
+    """The node that refused."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        code: _builtins.str = ...,
+        node: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "code", b"code", "head", b"head", "node", b"node", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitReject: _TypeAlias = CircuitReject  # noqa: Y015
+
+@_typing.final
+class CircuitTeardown(_message.Message):
+    """Along the path away from the node that ended the circuit; every hop frees what it holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    code: _builtins.str
+    """"completed", "closed", "unreachable", "unsupported", "no_memory", "timeout" or "denied"."""
+    node: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        code: _builtins.str = ...,
+        node: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "code", b"code", "head", b"head", "node", b"node", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitTeardown: _TypeAlias = CircuitTeardown  # noqa: Y015
+
+@_typing.final
+class PairTrack(_message.Message):
+    """Towards the tail, after a swap: the pair from the head's link pair `head_seq` to the
+    receiver's half of link pair `seq` is in Bell state `nominal` (the Pauli frame so far) with
+    error `weights`. The weights count all noise so far except memory noise of the head's qubit
+    after `head_time_ns` and of the receiver's qubit after `far_time_ns`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    NOMINAL_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    HEAD_TIME_NS_FIELD_NUMBER: _builtins.int
+    FAR_TIME_NS_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    seq: _builtins.int
+    head_seq: _builtins.int
+    nominal: _builtins.int
+    head_time_ns: _builtins.int
+    far_time_ns: _builtins.int
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        head_seq: _builtins.int = ...,
+        nominal: _builtins.int = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+        head_time_ns: _builtins.int = ...,
+        far_time_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "far_time_ns", b"far_time_ns", "head", b"head", "head_seq", b"head_seq", "head_time_ns", b"head_time_ns", "nominal", b"nominal", "seq", b"seq", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairTrack: _TypeAlias = PairTrack  # noqa: Y015
+
+@_typing.final
+class ChainDiscard(_message.Message):
+    """The pair that link pair `seq` belongs to is gone (cutoff, expiry, lost swap): the receiver
+    frees its half, or passes the discard on past the swap that joined it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "head", b"head", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChainDiscard: _TypeAlias = ChainDiscard  # noqa: Y015
+
+@_typing.final
+class PairComplete(_message.Message):
+    """Towards the head: the tail delivered the pair of `head_seq` as end-to-end pair `index`,
+    corrected to Φ+, with error `weights` at `time_ns` (both halves' memory noise included).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    TIME_NS_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    head_seq: _builtins.int
+    index: _builtins.int
+    time_ns: _builtins.int
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+        head_seq: _builtins.int = ...,
+        index: _builtins.int = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+        time_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "head", b"head", "head_seq", b"head_seq", "index", b"index", "time_ns", b"time_ns", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairComplete: _TypeAlias = PairComplete  # noqa: Y015

@@ -186,3 +186,38 @@ async def test_link_requests_refused_with_the_reason() -> None:
 def test_channel_proto_basis_is_shared() -> None:
     # MeasureQubit and LinkOk use the Channel API's Basis enum (one definition on the wire).
     assert pb.LinkOk.DESCRIPTOR.fields_by_name["basis"].enum_type is channel_pb2.Basis.DESCRIPTOR
+
+
+async def test_routes_follow_the_neighbour() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with two_daemons() as (alice, bob):
+            alone = await alice.routes()
+            assert (alone.node, alone.complete, list(alone.routes)) == ("alice", False, [])
+            assert [(n.peer, n.state) for n in alone.neighbours] == [
+                ("bob", pb.ROUTING_NEIGHBOUR_STATE_DOWN)
+            ]
+            assert alone.fidelity_threshold == 0.8
+            # Not linked: the table cannot become the topology's.
+            assert not (await alice.wait_routes(0)).complete
+            await _link(alice, bob)
+            routed = await alice.wait_routes(10)
+            assert routed.converged
+            assert routed.complete
+            assert routed.version > alone.version
+            [route] = routed.routes
+            assert (route.destination, route.next_hop, list(route.path)) == (
+                "bob",
+                "bob",
+                ["alice", "bob"],
+            )
+            assert route.cost_s > 0
+            assert 0.8 <= route.fidelity <= 1
+            assert [n.state for n in routed.neighbours] == [pb.ROUTING_NEIGHBOUR_STATE_UP]
+            assert (await alice.status()).routing_converged
+            # A follow-up call answers at once with what changed since an old version.
+            assert (await alice.routes(after_version=alone.version, timeout_s=10)).complete
+            for timeout in (-1.0, math.nan, 601.0):
+                with pytest.raises(InvalidArgument, match="timeout_s must be in"):
+                    await alice.routes(after_version=1, timeout_s=timeout)
+                with pytest.raises(InvalidArgument, match="timeout_s must be in"):
+                    await alice.wait_routes(timeout)

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from qnet.link.events import BasisChoice, CreateErr, CreateRequest, ErrorCode, Kind, PairOk
+from qnet.node.peer_wire import Layer
 from qnet.sim import SimNetwork, open_network
 from tests.network.linkhelpers import (
     LinkWatch,
@@ -65,7 +66,7 @@ async def test_unreachable_fidelity_is_unsupported_at_once(
             assert watch.oks(origin) == []
             await settle(net)
             assert watch.seen[other] == [], "UNSUPPORTED is answered at the origin only"
-            assert net.classical.messages == 0
+            assert net.classical.by_layer[Layer.LINK] == 0
             # The link still serves a request it can meet.
             ok_key = watch.create(origin, CreateRequest(other, number=3, min_fidelity=0.45))
             await watch.wait_finished()

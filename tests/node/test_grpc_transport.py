@@ -23,8 +23,10 @@ from qnet.errors import (
     VersionMismatch,
 )
 from qnet.link.events import Ack, MemoryFull, PairAssign, PeerMessage, QueueAdd, Terminate
+from qnet.network.routing_events import AdvertLink, LinkStateAdvert, RoutingHello
 from qnet.node import peer_wire
 from qnet.node.grpc_transport import GrpcPeerTransport, TransportStats
+from qnet.node.peer_wire import WireMessage
 from qnet.runtime.grpc_bridge import (
     TrioGrpcBridge,
     close_channel,
@@ -53,7 +55,9 @@ class Daemon:
 
     def __init__(self, transport: GrpcPeerTransport) -> None:
         self.transport = transport
-        self.batches: list[tuple[str, list[PeerMessage]]] = []
+        self.batches: list[tuple[str, list[WireMessage]]] = []
+        #: What the transport reported to ``link_changed``, in order.
+        self.link_changes: list[tuple[str, bool]] = []
         self.port = 0
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -62,11 +66,14 @@ class Daemon:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def received(self, sender: str) -> list[PeerMessage]:
+    def received(self, sender: str) -> list[WireMessage]:
         return [m for s, batch in self.batches if s == sender for m in batch]
 
-    def deliver(self, sender: str, messages: Sequence[PeerMessage]) -> None:
+    def deliver(self, sender: str, messages: Sequence[WireMessage]) -> None:
         self.batches.append((sender, list(messages)))
+
+    def link_changed(self, peer: str, up: bool) -> None:
+        self.link_changes.append((peer, up))
 
     async def start(self, nursery: trio.Nursery, port: int = 0) -> None:
         self._stopped = trio.Event()
@@ -87,7 +94,9 @@ class Daemon:
 
                 async with trio.open_nursery() as nursery:
                     self.port = await nursery.start(partial(serve, register, port=port, grace=0.1))
-                    await nursery.start(self.transport.run, self.deliver)
+                    await nursery.start(
+                        partial(self.transport.run, self.deliver, link_changed=self.link_changed)
+                    )
                     task_status.started()
         finally:
             self._stopped.set()
@@ -214,6 +223,30 @@ async def test_neighbour_that_goes_away_and_comes_back_is_reached_again() -> Non
             assert stats.connects == 2
             assert stats.reconnects >= 1
             nursery.cancel_scope.cancel()
+
+
+async def test_routing_messages_and_link_changes() -> None:
+    """Routing and link messages share the stream; the transport tells the node when its
+    stream to a neighbour is answered and when it breaks (routing's link_up / link_down)."""
+    mixed: list[WireMessage] = [
+        RoutingHello("alice", 1, (), 100, 400, 0.8),
+        EXAMPLES[0],
+        LinkStateAdvert("alice", 2, 5, 8, (AdvertLink("bob", 10.0, 0.9),)),
+    ]
+    with trio.fail_after(LIMIT_S):
+        async with network([("alice", "bob")]) as nodes:
+            alice, bob = nodes["alice"], nodes["bob"]
+            await alice.transport.wait_connected()
+            await bob.transport.wait_connected()
+            assert alice.link_changes == [("bob", True)]
+            alice.transport.send("bob", mixed)
+            await bob.wait_received("alice", len(mixed))
+            assert bob.received("alice") == mixed
+
+            await bob.stop()
+            await alice.transport.wait_until(lambda s: not s.peers["bob"].connected)
+            assert alice.link_changes == [("bob", True), ("bob", False)]
+            assert bob.link_changes == [("alice", True), ("alice", False)]
 
 
 async def test_unknown_sender_is_refused() -> None:

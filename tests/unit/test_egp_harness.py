@@ -36,6 +36,7 @@ from qnet.link.events import (
     message_from_dict,
 )
 from qnet.physical.channel_core import ChannelCore
+from qnet.physical.events import HeraldEvent
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.physical.params import LinkParams, NodeParams
 
@@ -66,6 +67,8 @@ class EgpPair:
         faults: Faults | None = None,
         seed: int = 1,
         free_on_delivery: bool = True,
+        report_held: bool = False,
+        herald_delay_ns: int = 0,
     ) -> None:
         self.link = link or LinkParams(length_km=2.0)
         params = nodes or (NodeParams(), NodeParams())
@@ -85,6 +88,15 @@ class EgpPair:
         self.fidelity_checks: list[tuple[float, float]] = []
         self.drop_herald: Callable[[str, int], bool] = lambda node, seq: False
         self.free_on_delivery = free_on_delivery
+        #: Tell each core how many delivered halves its "upper layer" holds (set_upper_held).
+        self.report_held = report_held
+        #: Heralds reach the cores this late (a loaded node), so pairs age before placement.
+        self.herald_delay_ns = herald_delay_ns
+        self._late: list[tuple[int, int, HeraldEvent]] = []
+        #: Arms the backend refused for lack of memory.
+        self.failed_arms = 0
+        for name in (A, B) if report_held else ():
+            self._report(name)
         self.delay_ns = fibre_delay_ns(self.link.length_km)
         self._wire: list[tuple[int, int, str, dict[str, object]]] = []
         self._tiebreak = 0
@@ -99,10 +111,29 @@ class EgpPair:
         self._drain()
         return cid
 
+    def cancel(self, node: str, create_id: int) -> bool:
+        taken = self.cores[node].cancel(create_id, self.now)
+        self._drain()
+        return taken
+
+    def free_held(self, node: str) -> None:
+        """The upper layer at ``node`` frees every half it holds."""
+        rec = self.records[node]
+        self.channel.free(node, tuple(rec.held), self.now)
+        rec.held.clear()
+        self._report(node)
+        self._drain()
+
+    def _report(self, node: str) -> None:
+        if self.report_held:
+            self.cores[node].set_upper_held(len(self.records[node].held), self.now)
+
     def next_time(self) -> int | None:
         times = [self.channel.next_deadline(), *(c.next_deadline() for c in self.cores.values())]
         if self._wire:
             times.append(self._wire[0][0])
+        if self._late:
+            times.append(self._late[0][0])
         return min((t for t in times if t is not None), default=None)
 
     def step(self) -> bool:
@@ -111,6 +142,9 @@ class EgpPair:
             return False
         self.now = max(self.now, t)
         self.channel.advance(self.now)
+        while self._late and self._late[0][0] <= self.now:
+            self._herald(heapq.heappop(self._late)[2])
+            self._drain()
         while self._wire and self._wire[0][0] <= self.now:
             _, _, dst, data = heapq.heappop(self._wire)
             self.cores[dst].on_message(message_from_dict(data), self.now)
@@ -142,19 +176,26 @@ class EgpPair:
                 self.heralded.setdefault(event.sequence, {})[event.node] = event.qubit
                 if self.drop_herald(event.node, event.sequence):
                     self.records[event.node].lost.add(event.qubit)
-                    continue
-                self.cores[event.node].on_herald(
-                    event.sequence,
-                    event.qubit,
-                    event.bell_index,
-                    event.emitted_ns,
-                    self.now,
-                    bright_state=event.bright_state or None,
-                )
+                elif self.herald_delay_ns:
+                    self._tiebreak += 1
+                    due = self.now + self.herald_delay_ns
+                    heapq.heappush(self._late, (due, self._tiebreak, event))
+                else:
+                    self._herald(event)
             for name, core in self.cores.items():
                 for out in core.pop_outputs():
                     busy = True
                     self._handle(name, out)
+
+    def _herald(self, event: HeraldEvent) -> None:
+        self.cores[event.node].on_herald(
+            event.sequence,
+            event.qubit,
+            event.bell_index,
+            event.emitted_ns,
+            self.now,
+            bright_state=event.bright_state or None,
+        )
 
     def _handle(self, name: str, out: object) -> None:
         other = B if name == A else A
@@ -166,6 +207,7 @@ class EgpPair:
             try:
                 qubits = ch.allocate(name, out.count, self.now)
             except NoMemory:
+                self.failed_arms += 1
                 core.on_no_memory(self.now)
                 return
             ch.start_generation(name, other, qubits, self.now, bright_state=out.bright_state)
@@ -187,6 +229,7 @@ class EgpPair:
                     ch.free(name, (out.qubit,), self.now)
                 else:
                     self.records[name].held.add(out.qubit)
+                    self._report(name)
         elif isinstance(out, CreateErr):
             self.records[name].events.append(out)
         else:

@@ -16,6 +16,7 @@ from qnet.link.egp import EgpConfig, EgpCore
 from qnet.link.events import (
     Ack,
     BasisChoice,
+    Cancel,
     CreateErr,
     CreateRequest,
     ErrorCode,
@@ -35,6 +36,8 @@ from qnet.link.requests import TRANSITIONS, ReqInput, ReqState, next_state
 from qnet.physical.params import LinkParams, NodeParams, Scheme
 from tests.unit.test_egp_harness import A, B, EgpPair, Faults, check_invariants
 
+CANCELLED = ErrorCode.CANCELLED
+
 _create = st.fixed_dictionaries(
     {
         "node": st.sampled_from([A, B]),
@@ -47,6 +50,8 @@ _create = st.fixed_dictionaries(
         "basis": st.sampled_from(list(BasisChoice)),
         "priority": st.integers(0, 2),
         "wait_ns": st.integers(0, 300_000),
+        # The origin cancels the request this long after creating it (None: never).
+        "cancel_after_ns": st.one_of(st.none(), st.sampled_from([0, 40_000, 400_000])),
     }
 )
 
@@ -76,13 +81,34 @@ def test_random_workloads_keep_both_ends_consistent(
     nodes = (NodeParams(t2_s=0.05, t1_s=0.1), NodeParams(memory_depolar_rate_hz=5.0))
     pair = EgpPair(link=link, nodes=nodes, faults=Faults(loss, duplicate, jitter_ns), seed=seed)
     created = {}
+    cancels: list[tuple[int, str, int]] = []
+    to_cancel: set[tuple[str, int]] = set()
+
+    def run_until(t: int) -> None:
+        while cancels and cancels[0][0] <= t:
+            due, node, cid = cancels.pop(0)
+            pair.run(until_ns=due)
+            pair.cancel(node, cid)
+        pair.run(until_ns=t)
+
     for spec in creates:
         spec = dict(spec)
         node, wait = spec.pop("node"), spec.pop("wait_ns")
-        created[(node, pair.create(node, **spec))] = spec["number"]
-        pair.run(until_ns=pair.now + wait)
+        cancel_after = spec.pop("cancel_after_ns")
+        cid = pair.create(node, **spec)
+        created[(node, cid)] = spec["number"]
+        if cancel_after is not None:
+            cancels.append((pair.now + cancel_after, node, cid))
+            cancels.sort()
+            to_cancel.add((node, cid))
+        run_until(pair.now + wait)
+    if cancels:
+        run_until(cancels[-1][0])
     pair.run()
     check_invariants(pair, created)
+    for node in (A, B):
+        cancelled = {(e.origin, e.create_id) for e in pair.errs(node) if e.code is CANCELLED}
+        assert cancelled <= to_cancel, "only what was cancelled ends CANCELLED"
     for node in (A, B):
         for ok in pair.oks(node):
             if ok.kind is Kind.MEASURE:
@@ -123,6 +149,7 @@ _MESSAGES: list[PeerMessage] = [
     Terminate(6, "alice", 1, "timeout", -1, -1, 0, "late"),
     Expire(7, "alice", 1, 0, 5),
     MemoryFull(8),
+    Cancel(9, "bob", 3),
 ]
 
 

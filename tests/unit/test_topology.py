@@ -18,6 +18,7 @@ from qnet.topology import (
     EndpointSpec,
     LinkSpec,
     NodeSpec,
+    RoutingSpec,
     Topology,
     TopologyError,
     load_topology,
@@ -167,6 +168,7 @@ def test_everything_has_a_default() -> None:
     assert top == Topology("qnet", nodes=(NodeSpec("solo"),))
     assert (top.seed, top.time_scale, top.max_group_qubits, top.links) == (0, 1.0, 10, ())
     assert top.channel == EndpointSpec("127.0.0.1", 0)
+    assert top.routing == RoutingSpec(100.0, 400.0, 100.0, 0.8)
 
 
 def test_network_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
@@ -484,6 +486,66 @@ def test_out_of_range(text: str, line: int, field: str, message: str) -> None:
     assert message in str(err)
 
 
+def test_routing_settings() -> None:
+    top = parse_topology(
+        toml("""
+        [routing]
+        hello_interval_ms = 50
+        dead_interval_ms = 250.5
+        retransmit_interval_ms = 20
+        fidelity_threshold = 0.9
+
+        [[node]]
+        name = "a"
+        """)
+    )
+    assert top.routing == RoutingSpec(50.0, 250.5, 20.0, 0.9)
+    assert type(top.routing.hello_interval_ms) is float
+    assert parse_topology(topology_to_toml(top)) == top
+    assert "[routing]" not in topology_to_toml(Topology("n", nodes=(NodeSpec("a"),)))
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "field", "message"),
+    [
+        (
+            "hello_interval_ms = 0",
+            2,
+            "hello_interval_ms",
+            "hello_interval_ms must be in (0, 60000] ms",
+        ),
+        (
+            "dead_interval_ms = 1e9",
+            2,
+            "dead_interval_ms",
+            "dead_interval_ms must be in (0, 600000]",
+        ),
+        ("retransmit_interval_ms = -5", 2, "retransmit_interval_ms", "got -5"),
+        ("fidelity_threshold = 1.01", 2, "fidelity_threshold", "must be in [0, 1], got 1.01"),
+        ("fidelity_threshold = true", 2, "fidelity_threshold", "must be a number, got boolean"),
+        ('hello_interval_ms = "1s"', 2, "hello_interval_ms", "must be a number, got string"),
+        # Each alone is in range; together they break dead > hello, blamed on what is set.
+        ("hello_interval_ms = 500", 2, "hello_interval_ms", "must exceed hello_interval_ms (500)"),
+        ("\ndead_interval_ms = 80", 3, "dead_interval_ms", "dead_interval_ms (80) must exceed"),
+        ("hello_ms = 5", 2, "hello_ms", "did you mean 'hello_interval_ms'?"),
+    ],
+)
+def test_routing_settings_out_of_range(body: str, line: int, field: str, message: str) -> None:
+    err = refused(f'[routing]\n{body}\n[[node]]\nname = "a"\n')
+    assert (err.line, err.field) == (line, field)
+    assert message in str(err)
+    assert str(err).startswith(f"t.toml:{line}: ")
+
+
+def test_routing_spec_checks_itself() -> None:
+    with pytest.raises(InvalidArgument, match="must exceed"):
+        RoutingSpec(hello_interval_ms=100, dead_interval_ms=100)
+    with pytest.raises(InvalidArgument, match="fidelity_threshold"):
+        RoutingSpec(fidelity_threshold=float("nan"))
+    with pytest.raises(InvalidArgument, match="RoutingSpec"):
+        Topology("n", nodes=(NodeSpec("a"),), routing=None)  # type: ignore[arg-type]
+
+
 def test_a_rule_across_fields_blames_the_entry_that_breaks_it() -> None:
     err = refused("""
         [defaults.node]
@@ -757,6 +819,18 @@ link_params = st.builds(
     bright_state=floats(min_value=0.0, max_value=0.5, exclude_min=True),
     attempt_overhead_ns=st.integers(1, 10**12),
 )
+routing_specs = st.one_of(
+    st.just(RoutingSpec()),
+    st.builds(
+        lambda hello, extra, retransmit, threshold: RoutingSpec(
+            hello, min(hello + extra, 600_000.0), retransmit, threshold
+        ),
+        floats(min_value=0.001, max_value=60_000.0),
+        floats(min_value=0.001, max_value=600_000.0),
+        floats(min_value=0.001, max_value=60_000.0),
+        floats(min_value=0.0, max_value=1.0),
+    ).filter(lambda r: r.dead_interval_ms > r.hello_interval_ms),
+)
 hosts = st.sampled_from(["127.0.0.1", "localhost", "::1", "node-7.example.org"])
 ports = st.one_of(st.just(0), st.integers(1, 65535))
 
@@ -793,6 +867,7 @@ def topologies(draw: st.DrawFn) -> Topology:
         nodes=tuple(nodes),
         links=links,
         channel=channel,
+        routing=draw(routing_specs),
     )
 
 
