@@ -1,4 +1,4 @@
-"""A trio client of one qnetd's NodeAdmin and LinkLayer services: what ``qnet up``,
+"""A trio client of one qnetd's NodeAdmin, LinkLayer and NetworkLayer services: what ``qnet up``,
 ``qnet status``, ``qnet links``, tests and benchmarks use. Remote errors come back as the
 ``qnet.errors`` types the daemon raised."""
 
@@ -26,6 +26,7 @@ class DaemonClient:
         self.address = address
         self._admin = pb_grpc.NodeAdminStub(channel)
         self._link = pb_grpc.LinkLayerStub(channel)
+        self._net = pb_grpc.NetworkLayerStub(channel)
 
     def _map(self, error: grpc.RpcError) -> BaseException:
         return rpc_error_to_qnet(error, where=f"qnetd at {self.address}")
@@ -139,6 +140,53 @@ class DaemonClient:
             pb.FreeQubitsRequest(protocol_version=V, qubits=qubits),
             error_mapper=self._map,
         )
+
+    # -- NetworkLayer -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_circuit(
+        self,
+        destination: str,
+        *,
+        min_fidelity: float,
+        number: int = 0,
+        measure_on_delivery: Basis | None = None,
+    ) -> AsyncGenerator[tuple[pb.CircuitOpened, AsyncIterator[pb.CircuitEvent]], None]:
+        """Open a circuit to ``destination``: entering returns once every hop accepted (or
+        raises the typed refusal), with the ``opened`` event and the rest of the stream (pairs,
+        then ``closed``). Leaving closes the circuit."""
+        request = pb.OpenCircuitRequest(
+            protocol_version=V, destination=destination, min_fidelity=min_fidelity, number=number
+        )
+        if measure_on_delivery is not None:
+            request.measure_on_delivery = BASIS_TO_WIRE[measure_on_delivery]
+        async with server_stream(self._net.OpenCircuit, request, error_mapper=self._map) as events:
+            first = await anext(aiter(events), None)
+            if first is None or first.WhichOneof("event") != "opened":
+                raise ProtocolError(
+                    f"qnetd at {self.address}: OpenCircuit({destination}) did not start with"
+                    " `opened`"
+                )
+            yield first.opened, events
+
+    @asynccontextmanager
+    async def circuit_events(
+        self, *, measure_on_delivery: Basis | None = None
+    ) -> AsyncGenerator[AsyncIterator[pb.CircuitEvent], None]:
+        """Circuits that end at this node from now on; entering returns once the daemon
+        confirmed the subscription. Leaving closes the circuits only this stream took."""
+        request = pb.CircuitEventsRequest(protocol_version=V)
+        if measure_on_delivery is not None:
+            request.measure_on_delivery = BASIS_TO_WIRE[measure_on_delivery]
+        async with server_stream(
+            self._net.CircuitEvents, request, error_mapper=self._map
+        ) as events:
+            first = await anext(aiter(events), None)
+            if first is None or first.WhichOneof("event") != "subscribed":
+                raise ProtocolError(
+                    f"qnetd at {self.address}: CircuitEvents did not start with `subscribed`"
+                )
+            yield events
 
 
 @asynccontextmanager

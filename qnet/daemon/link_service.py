@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -106,6 +106,9 @@ class LinkService:
         self.held: dict[int, HeldQubit] = {}
         self._held_per_peer: Counter[str] = Counter()
         self._to_free, self._freeing = trio.open_memory_channel[int](math.inf)
+        #: Per link, further qubits it delivered that the layers above hold (the network
+        #: layer's link pairs): the link's arming counts them with the held ones.
+        self.also_held: Callable[[str], int] = lambda peer: 0
 
     def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
         return service_handler(
@@ -176,7 +179,27 @@ class LinkService:
 
     def _report_held(self, peer: str) -> None:
         if self._runtime is not None:
-            self._runtime.set_upper_held(peer, self._held_per_peer[peer])
+            count = self._held_per_peer[peer] + self.also_held(peer)
+            self._runtime.set_upper_held(peer, count)
+
+    # -- for the network layer's service, whose end-to-end qubits share the registry -----------
+
+    def hold(self, qubit: int, peer: str, pair_id: tuple[str, int]) -> None:
+        """Hold ``qubit``, delivered over the link to ``peer``, for clients; call
+        ``report_held(peer)`` once the batch is placed."""
+        self._hold(qubit, HeldQubit(peer, pair_id, trio.current_time()))
+
+    def release(self, qubit: int) -> None:
+        """Free ``qubit`` soon, held or not (its client is gone, or there never was one)."""
+        self._unhold(qubit)
+        self._to_free.send_nowait(qubit)
+
+    def report_held(self, peer: str) -> None:
+        self._report_held(peer)
+
+    async def measure(self, peer: str, items: Sequence[tuple[int, Basis]]) -> list[int | QnetError]:
+        """Measure (and so free) qubits of the link to ``peer``, in its backend requests."""
+        return await self._measure_many(self.runtime, peer, items)
 
     # -- routing ------------------------------------------------------------------------------
 

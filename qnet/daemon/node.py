@@ -3,15 +3,16 @@
 Start-up, in order, each step bounded:
 
 1. load the topology and find the node (a bad file or name fails before anything starts);
-2. bind the daemon's one gRPC server (Peer, NodeAdmin, LinkLayer) — a busy port fails here,
-   before the node touches the backend; Health answers ``serving=false`` meanwhile;
+2. bind the daemon's one gRPC server (Peer, NodeAdmin, LinkLayer, NetworkLayer) — a busy
+   port fails here, before the node touches the backend; Health answers ``serving=false``
+   meanwhile;
 3. connect to qnet-channeld (waiting up to ``channel_timeout_s`` for it to accept
    connections, so daemons may start alongside it), register the node with ``takeover`` (a
    restarted daemon replaces its old registration) and align the physical clock with the
    backend's (its time and time scale, half the round trip added);
-4. start the node driver (links declared, herald stream open, peer transport dialing) and the
-   LinkLayer dispatcher; then Health answers ``serving=true`` and ``task_status.started`` gets
-   the daemon's address.
+4. start the node driver (links declared, herald stream open, peer transport dialing), the
+   LinkLayer dispatcher and the NetworkLayer's circuit ends; then Health answers
+   ``serving=true`` and ``task_status.started`` gets the daemon's address.
 
 Neighbours' addresses come from the topology when it fixes their ports, and otherwise from
 NodeAdmin.SetPeers (``qnet up`` sends them once every daemon is ready).
@@ -31,6 +32,7 @@ from qnet.channel.client import ChannelClient
 from qnet.daemon.admin import AdminService, RunningNode
 from qnet.daemon.config import NodeDaemonConfig, rto_ns
 from qnet.daemon.link_service import LinkService
+from qnet.daemon.network_service import NetworkService
 from qnet.errors import Unreachable
 from qnet.node.grpc_transport import GrpcPeerTransport
 from qnet.node.runtime import NodeRuntime
@@ -106,12 +108,18 @@ async def run_node_daemon(
     port = spec.port if config.port is None else config.port
     admin = AdminService(name)
     links = LinkService(name)
+    network = NetworkService(name, links)
     transport = GrpcPeerTransport(name, peer_addresses(topology, name))
     bridge = TrioGrpcBridge()
 
     def register(server: grpc.Server) -> None:
         server.add_generic_rpc_handlers(
-            (transport.handlers(bridge), admin.handlers(bridge), links.handlers(bridge))
+            (
+                transport.handlers(bridge),
+                admin.handlers(bridge),
+                links.handlers(bridge),
+                network.handlers(bridge),
+            )
         )
 
     async with trio.open_nursery() as nursery:
@@ -141,6 +149,7 @@ async def run_node_daemon(
             )
             await node_tasks.start(runtime.run)
             await node_tasks.start(links.run, runtime, session)
+            await node_tasks.start(network.run, runtime)
             admin.running = RunningNode(topology, runtime, transport, links, config.channel)
             log.info("%s: running (time scale %g, %d links)", name, clock.scale, len(runtime.peers))
             task_status.started(address)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from qnet.channel import wire as channel_wire
 from qnet.errors import InvalidArgument, VersionMismatch
 from qnet.link.events import BasisChoice, CreateErr, CreateRequest, ErrorCode, Kind, PairOk
+from qnet.network.circuit_events import CircuitClosed, CircuitId, CloseCode, EndToEndPair
 from qnet.network.neighbours import NeighbourState
 from qnet.node.grpc_transport import PeerStats
 from qnet.node.routing_driver import NodeRouting
@@ -210,3 +212,122 @@ def routes_response(routing: NodeRouting, neighbours: Sequence[str]) -> pb.Route
 def check_timeout(timeout_s: float, limit_s: float) -> None:
     if not (math.isfinite(timeout_s) and 0 <= timeout_s <= limit_s):
         raise InvalidArgument(f"timeout_s must be in [0, {limit_s:g}], got {timeout_s}")
+
+
+# -- network layer ----------------------------------------------------------------------------
+
+CLOSE_CODE_TO_WIRE: dict[CloseCode, pb.CircuitCloseCode.ValueType] = {
+    CloseCode.COMPLETED: pb.CIRCUIT_CLOSE_CODE_COMPLETED,
+    CloseCode.CLOSED: pb.CIRCUIT_CLOSE_CODE_CLOSED,
+    CloseCode.UNREACHABLE: pb.CIRCUIT_CLOSE_CODE_UNREACHABLE,
+    CloseCode.UNSUPPORTED: pb.CIRCUIT_CLOSE_CODE_UNSUPPORTED,
+    CloseCode.NO_MEMORY: pb.CIRCUIT_CLOSE_CODE_NO_MEMORY,
+    CloseCode.TIMEOUT: pb.CIRCUIT_CLOSE_CODE_TIMEOUT,
+    CloseCode.DENIED: pb.CIRCUIT_CLOSE_CODE_DENIED,
+}
+CLOSE_CODE_FROM_WIRE: dict[pb.CircuitCloseCode.ValueType, CloseCode] = {
+    v: k for k, v in CLOSE_CODE_TO_WIRE.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitRequest:
+    """An OpenCircuitRequest, checked."""
+
+    destination: str
+    min_fidelity: float
+    number: int
+    #: measure_on_delivery, or None: pairs' qubits are held for clients.
+    measure: Basis | None
+
+
+def circuit_request_from_wire(msg: pb.OpenCircuitRequest) -> CircuitRequest:
+    """InvalidArgument names a bad field; whether the destination exists is routing's call."""
+    check_version(msg)
+    if not msg.destination:
+        raise InvalidArgument("destination must name the node at the far end of the circuit")
+    if not (math.isfinite(msg.min_fidelity) and 0.0 <= msg.min_fidelity <= 1.0):
+        raise InvalidArgument(f"min_fidelity must be in [0, 1], got {msg.min_fidelity!r}")
+    return CircuitRequest(
+        destination=msg.destination,
+        min_fidelity=msg.min_fidelity,
+        number=msg.number,
+        measure=measure_on_delivery(msg.measure_on_delivery),
+    )
+
+
+def circuit_id_to_wire(cid: CircuitId) -> pb.CircuitId:
+    return pb.CircuitId(head=cid[0], circuit=cid[1])
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitInfo:
+    """What the opened and incoming events tell about a circuit."""
+
+    circuit_id: CircuitId
+    path: tuple[str, ...]
+    link_fidelity: tuple[float, ...]
+    cutoff_ns: int
+    min_fidelity: float
+    number: int
+
+
+def opened_event(info: CircuitInfo) -> pb.CircuitEvent:
+    return pb.CircuitEvent(
+        protocol_version=V,
+        opened=pb.CircuitOpened(
+            circuit_id=circuit_id_to_wire(info.circuit_id),
+            path=info.path,
+            link_fidelity=info.link_fidelity,
+            cutoff_ns=max(info.cutoff_ns, 0),
+            min_fidelity=info.min_fidelity,
+            number=info.number,
+        ),
+    )
+
+
+def incoming_event(info: CircuitInfo) -> pb.CircuitEvent:
+    return pb.CircuitEvent(
+        protocol_version=V,
+        incoming=pb.CircuitIncoming(
+            circuit_id=circuit_id_to_wire(info.circuit_id),
+            path=info.path,
+            link_fidelity=info.link_fidelity,
+            cutoff_ns=max(info.cutoff_ns, 0),
+            min_fidelity=info.min_fidelity,
+            number=info.number,
+        ),
+    )
+
+
+def pair_event(
+    pair: EndToEndPair, outcome: int | None = None, basis: Basis | None = None
+) -> pb.CircuitEvent:
+    """``outcome``/``basis``: the daemon measured the qubit for the client (not held)."""
+    msg = pb.CircuitPair(
+        circuit_id=circuit_id_to_wire(pair.circuit_id),
+        index=pair.index,
+        qubit=pair.qubit,
+        remote=pair.remote,
+        fidelity_estimate=pair.fidelity_estimate,
+        estimate_time_ns=max(pair.estimate_time_ns, 0),
+        weights=pair.weights,
+        measured=outcome is not None,
+        outcome=outcome or 0,
+    )
+    if basis is not None:
+        msg.basis = channel_wire.BASIS_TO_WIRE[basis]
+    return pb.CircuitEvent(protocol_version=V, pair=msg)
+
+
+def closed_event(closed: CircuitClosed) -> pb.CircuitEvent:
+    return pb.CircuitEvent(
+        protocol_version=V,
+        closed=pb.CircuitClosed(
+            circuit_id=circuit_id_to_wire(closed.circuit_id),
+            code=CLOSE_CODE_TO_WIRE[closed.code],
+            node=closed.node,
+            reason=closed.reason,
+            delivered=closed.delivered,
+        ),
+    )

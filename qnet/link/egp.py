@@ -14,6 +14,15 @@ used (an assignment before its herald or before its request) is buffered.
 
 Time. Deadlines are absolute times on the physical clock both ends share (the backend's),
 ``create``'s ``now`` plus ``max_time_ns``; only the master acts on them, and tells the slave.
+Plans (bright state, purification rounds) aim at the fidelity a pair has when delivered; the
+delay they allow for beyond light in fibre is measured (heralds' lateness, peer round trips),
+and the master plans a request again when pairs miss because the delays grew.
+
+Ends. A request completes, or the master ends it (``master.terminate``): TIMEOUT, EXPIRED,
+NO_MEMORY (memory stayed full, ``arming.py``), UNSUPPORTED (out of reach, or ``max_misses``
+pairs in a row below target at delivery), DENIED, or CANCELLED by its origin (``cancel``; a
+slave origin asks the master with ``Cancel``). The master's decisions live in ``master.py``,
+the slave's side in ``slave.py``, purification in ``purify.py``.
 """
 
 from __future__ import annotations
@@ -26,15 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from qnet.errors import InvalidArgument, NotFound, ProtocolError
-from qnet.link import estimate, purify, slave
+from qnet.link import arming, estimate, master, purify, slave
 from qnet.link.events import (
     Ack,
-    Arm,
     BasisChoice,
     Cancel,
     CreateErr,
     CreateRequest,
-    Disarm,
     ErrorCode,
     Expire,
     Free,
@@ -53,7 +60,7 @@ from qnet.link.events import (
 )
 from qnet.link.purify import Round
 from qnet.link.reliable import Deduplicator, ReliableSender, SmoothedDelay
-from qnet.link.requests import Finish, ReqInput, ReqState, Request, RequestKey
+from qnet.link.requests import ReqInput, ReqState, Request, RequestKey
 from qnet.physical.gates import Basis, Matrix
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.physical.params import LinkParams, NodeParams
@@ -186,8 +193,7 @@ class EgpCore:
         cid = self._next_create_id
         self._next_create_id += 1
         key = (self.node, cid)
-        latency = self._planning_latency()
-        plan = estimate.plan(self.config.link, *self.nodes, req.min_fidelity, latency)
+        plan, latency = self._plan(req.min_fidelity)
         if plan is None:
             self._out.append(
                 CreateErr(
@@ -211,6 +217,7 @@ class EgpCore:
             req.purpose,
             req.priority,
             plan,
+            latency,
         )
         msg_id = self._send(
             QueueAdd,
@@ -229,7 +236,7 @@ class EgpCore:
             self._add_ids[msg_id] = key
         else:
             record.order = -1  # the slave arms for its own requests before the master's ack
-        self._update_arming(now)
+        arming.update(self, now)
         return cid
 
     def _check_create(self, req: CreateRequest) -> None:
@@ -247,7 +254,7 @@ class EgpCore:
             raise InvalidArgument("kind must be a Kind and basis a BasisChoice")
 
     def _unreachable(self, req: CreateRequest) -> str:
-        best = estimate.plan(self.config.link, *self.nodes, 0.0, self._planning_latency())
+        best = estimate.plan(self.config.link, *self.nodes, 0.0, self.config.latency_ns)
         top = 0.0 if best is None else best.fidelity
         return (
             f"fidelity {req.min_fidelity} is out of reach on link {self.link_id}"
@@ -270,11 +277,11 @@ class EgpCore:
         if not req.open:
             return False
         if self.is_master:
-            self._terminate(req, ErrorCode.CANCELLED, f"cancelled by {self.node}", now)
+            master.terminate(self, req, ErrorCode.CANCELLED, f"cancelled by {self.node}", now)
         elif req.key not in self._cancels:
             self._cancels.add(req.key)
             self._send(Cancel, now, origin=self.node, create_id=create_id)
-        self._update_arming(now)
+        arming.update(self, now)
         return True
 
     def set_upper_held(self, count: int, now: int) -> None:
@@ -291,7 +298,7 @@ class EgpCore:
             self._arm_blocked_until = -1  # room again: arm now, not after the back-off
         self._upper_held = count
         self._unreported = 0
-        self._update_arming(now)
+        arming.update(self, now)
 
     # -- physical layer ------------------------------------------------------------------------
 
@@ -332,7 +339,7 @@ class EgpCore:
                 # Our herald for these was lost: the slave may hold halves; let it free them.
                 self._send(PairDiscard, now, seqs=tuple(missing))
             self._init_state(pair, self.config.link.bright_state if alpha is None else alpha)
-            self._place(pair, now)
+            master.place(self, pair, now)
         else:
             for seq in [*missing, sequence]:
                 if seq in self._discard_later:
@@ -341,7 +348,7 @@ class EgpCore:
                         self._free(seq)
                 for msg in self._waiting_seq.pop(seq, []):
                     self._dispatch(msg, now)
-        self._update_arming(now)
+        arming.update(self, now)
 
     def on_measured(self, tag: int, outcome: int, now: int) -> None:
         self._tick(now)
@@ -356,7 +363,7 @@ class EgpCore:
             self._ready(req, index, self._ok(req, pair, index, now, None, outcome, basis))
         else:
             purify.purify_measured(self, action, outcome, now)
-        self._update_arming(now)
+        arming.update(self, now)
 
     def on_no_memory(self, now: int) -> None:
         """The last ``Arm`` could not allocate its qubits (nothing was armed)."""
@@ -364,8 +371,8 @@ class EgpCore:
         self._armed = max(0, self._armed - 1)
         if self._alphas:
             self._alphas.pop()
-        self._memory_blocked(now, f"{self.node} has no free memory qubit")
-        self._update_arming(now)
+        arming.memory_blocked(self, now, f"{self.node} has no free memory qubit")
+        arming.update(self, now)
 
     # -- peer ----------------------------------------------------------------------------------
 
@@ -378,7 +385,7 @@ class EgpCore:
                 key = self._add_ids.pop(done.msg_id, None) if isinstance(done, QueueAdd) else None
                 if key is not None and self.requests[key].state is ReqState.QUEUED:
                     self.requests[key].fire(ReqInput.ACK)
-            self._update_arming(now)
+            arming.update(self, now)
             return
         if (self.is_master, type(msg)) not in _HANDLERS:
             role = "master" if self.is_master else "slave"
@@ -387,7 +394,7 @@ class EgpCore:
         self._out.append(Ack((msg_id,)))
         if self._dedup.first_time(msg_id):
             self._dispatch(msg, now)
-        self._update_arming(now)
+        arming.update(self, now)
 
     def _dispatch(self, msg: PeerMessage, now: int) -> None:
         _HANDLERS[(self.is_master, type(msg))](self, msg, now)
@@ -400,7 +407,7 @@ class EgpCore:
         overdue = [seq for seq, t in self._herald_due.items() if t <= now]
         if overdue:
             slave.give_up_heralds(self, max(overdue), now)
-        self._update_arming(now)
+        arming.update(self, now)
 
     def next_deadline(self) -> int | None:
         times = [self._sender.next_deadline()]
@@ -436,12 +443,13 @@ class EgpCore:
         purpose: int,
         priority: int,
         plan: estimate.Plan,
+        latency: int,
     ) -> Request:
         self._order += 1
         record = Request(
             key, number, min_fidelity, deadline, kind, basis, purpose, priority, plan, self._order
         )
-        record.plan_latency_ns = self._planning_latency()
+        record.plan_latency_ns = latency
         self.requests[key] = self._live[key] = record
         return record
 
@@ -459,7 +467,7 @@ class EgpCore:
             return
         for req in self._live_requests():
             if req.open and req.deadline_ns is not None and req.deadline_ns <= now:
-                self._terminate(req, ErrorCode.TIMEOUT, "max_time passed", now)
+                master.terminate(self, req, ErrorCode.TIMEOUT, "max_time passed", now)
 
     def _head(self) -> Request | None:
         """The request served next: the master serves only ACTIVE ones; the slave arms for any
@@ -472,112 +480,20 @@ class EgpCore:
                 head = r
         return head
 
-    def _terminate(
-        self,
-        req: Request,
-        code: ErrorCode,
-        reason: str,
-        now: int,
-        *,
-        expired: tuple[int, int] = (-1, -1),
-    ) -> None:
-        """Master: end ``req`` with ``code`` and tell the slave. For EXPIRED, ``expired`` is
-        (index, seq) of the first lost pair: the slave keeps what came before it."""
-        if code is ErrorCode.EXPIRED:
-            keep = expired[0]
-            seqs: tuple[int, int] | None = (expired[1], max(req.seq_last, expired[1]))
-            if req.state is not ReqState.FAILED:
-                req.fire(ReqInput.EXPIRE)
-        else:
-            keep = req.assigned
-            seqs = req.consumed_range()
-            req.fire(ReqInput.FAIL)
-        req.finish = Finish(code, seqs, keep, reason)
-        req.reported = False
-        first, last = seqs if seqs is not None else (-1, -1)
-        self._send(
-            Terminate,
-            now,
-            origin=req.key[0],
-            create_id=req.key[1],
-            code=code.value,
-            seq_first=first,
-            seq_last=last,
-            keep_count=keep,
-            reason=reason,
-        )
-        self._release_pool(req, now)
-        self._check_finish(req)
-
-    def _memory_blocked(self, now: int, reason: str) -> None:
-        """Nothing could be armed for lack of memory: retry after a back-off; the master
-        counts the streak towards NO_MEMORY, the slave tells it."""
-        self._arm_blocked_until = now + self._backoff_ns
-        if self.is_master:
-            self._note_full(now, reason)
-        else:
-            self._send(MemoryFull, now)
-
-    def _note_full(self, now: int, reason: str) -> None:
-        """Memory is full at one end: fail the head request only once it has stayed full for
-        the memory wait (a herald, which needs both ends armed, ends the streak)."""
-        if self._full_since is None:
-            self._full_since = now
-        waited = now - self._full_since
-        if waited >= self._memory_wait_ns:
-            self._full_since = None
-            self._memory_full(now, f"{reason} for {waited / 1e6:.3g} ms")
-
-    def _memory_full(self, now: int, reason: str) -> None:
-        head = self._head()
-        if head is not None:
-            self._terminate(head, ErrorCode.NO_MEMORY, reason, now)
-
     # -- master: placing pairs -----------------------------------------------------------------
 
-    def _place(self, pair: Pair, now: int) -> None:
-        head = self._head()
-        if head is None:
-            self._discard((pair.seq,), now)
-        elif head.plan.rounds == 0:
-            self._offer(head, pair, now)
-        else:
-            head.consume(pair.seq)
-            head.pool.setdefault(0, []).append(pair.seq)
-            purify.try_purify(self, head, now)
-
-    def _offer(self, req: Request, pair: Pair, now: int) -> None:
-        """Assign a finished pair if it meets the request's fidelity now, else drop it (it may
-        come from attempts armed for another request)."""
-        if self._estimate(pair, now) < req.min_fidelity:
-            self._discard((pair.seq,), now)
-            self._replan(req)
-            req.misses += 1
-            if req.misses >= self.config.max_misses:
-                reason = (
-                    f"{req.misses} pairs in a row fell below min_fidelity {req.min_fidelity}"
-                    f" at delivery on link {self.link_id} (the plan expected"
-                    f" {req.plan.fidelity:.4f}): the link cannot reach it now"
-                )
-                self._terminate(req, ErrorCode.UNSUPPORTED, reason, now)
-            return
-        req.misses = 0
-        index = req.assigned
-        req.assigned += 1
-        req.consume(pair.seq)
-        self._send(
-            PairAssign,
-            now,
-            seq=pair.seq,
-            origin=req.key[0],
-            create_id=req.key[1],
-            index=index,
-            bright_state=pair.alpha if pair.alpha is not None else 0.0,
-        )
-        self._deliver(req, pair, index, now)
-        if req.assigned == req.number:
-            req.fire(ReqInput.COMPLETE)
-            self._release_pool(req, now)
+    def _plan(self, min_fidelity: float) -> tuple[estimate.Plan | None, int]:
+        """The plan for a new request, and the delay it allows for: the measured one, or the
+        configured floor if nothing reaches the target with the measured one (a passing
+        spike of delay must not refuse what the link can serve; pairs that then miss make
+        the master plan again, or end the request, as for any request)."""
+        link, floor = self.config.link, self.config.latency_ns
+        latency = self._planning_latency()
+        plan = estimate.plan(link, *self.nodes, min_fidelity, latency)
+        if plan is None and latency > floor:
+            latency = floor
+            plan = estimate.plan(link, *self.nodes, min_fidelity, latency)
+        return plan, latency
 
     def _planning_latency(self) -> int:
         """The delay beyond light in fibre that plans allow for before delivery: the
@@ -592,29 +508,6 @@ class EgpCore:
             while bucket < extra:
                 bucket *= 2
         return max(self.config.latency_ns, bucket)
-
-    def _replan(self, req: Request) -> None:
-        """Master: a pair missed ``req``'s target; if the measured delays have outgrown what
-        its plan allowed for, plan again (usually a smaller bright state), so later pairs
-        meet the target at delivery instead of being thrown away."""
-        latency = self._planning_latency()
-        if latency <= req.plan_latency_ns:
-            return
-        plan = estimate.plan(self.config.link, *self.nodes, req.min_fidelity, latency)
-        req.plan_latency_ns = latency
-        if plan is not None:  # else keep trying the old one; the misses guard decides
-            req.plan = plan
-
-    def _discard(self, seqs: tuple[int, ...], now: int) -> None:
-        for seq in seqs:
-            self._free(seq)
-        if seqs:
-            self._send(PairDiscard, now, seqs=seqs)
-
-    def _release_pool(self, req: Request, now: int) -> None:
-        seqs = tuple(s for pool in req.pool.values() for s in pool)
-        req.pool.clear()
-        self._discard(seqs, now)
 
     # -- delivery (both ends) ------------------------------------------------------------------
 
@@ -709,54 +602,10 @@ class EgpCore:
                 self._free_qubit(qubit)
         if fin.code is not None:
             self._out.append(
-                CreateErr(
-                    req.key[0], req.key[1], fin.code, fin.seq_range, fin.reason, req.purpose
-                )
+                CreateErr(req.key[0], req.key[1], fin.code, fin.seq_range, fin.reason, req.purpose)
             )
 
-    # -- slave handlers ------------------------------------------------------------------------
-
-    # -- master handlers -----------------------------------------------------------------------
-
-    def _on_queue_add_master(self, msg: QueueAdd, now: int) -> None:
-        if msg.origin != self.peer:
-            raise ProtocolError(f"EGP QueueAdd from the slave names origin {msg.origin!r}")
-        key = (msg.origin, msg.create_id)
-        if key in self.requests:
-            raise ProtocolError(f"EGP QueueAdd repeats request {key} under a new message id")
-        req = self._request_from(msg)
-        req.fire(ReqInput.ACK)
-        if key in self._cancels:
-            self._cancels.discard(key)
-            self._terminate(req, ErrorCode.CANCELLED, f"cancelled by {msg.origin}", now)
-        elif sum(r.open for r in self._live_requests()) > self.config.max_queue:
-            self._terminate(req, ErrorCode.DENIED, "the master's queue is full", now)
-        elif req.plan.rounds < 0:
-            self._terminate(req, ErrorCode.UNSUPPORTED, "fidelity out of reach", now)
-        elif req.deadline_ns is not None and req.deadline_ns <= now:
-            self._terminate(req, ErrorCode.TIMEOUT, "max_time passed before queueing", now)
-
-    def _on_expire(self, msg: Expire, now: int) -> None:
-        req = self.requests.get((msg.origin, msg.create_id))
-        if req is None or not 0 <= msg.index < req.assigned:
-            raise ProtocolError(f"EGP Expire for a pair never assigned: {msg}")
-        if req.finish is not None and req.finish.code is ErrorCode.EXPIRED:
-            return
-        reason = f"{self.peer} lost its half of pair {msg.seq} after delivery was promised"
-        self._terminate(req, ErrorCode.EXPIRED, reason, now, expired=(msg.index, msg.seq))
-
-    def _on_cancel(self, msg: Cancel, now: int) -> None:
-        if msg.origin != self.peer:
-            raise ProtocolError(f"EGP Cancel from the slave names origin {msg.origin!r}")
-        key = (msg.origin, msg.create_id)
-        req = self.requests.get(key)
-        if req is None:
-            self._cancels.add(key)  # reordered ahead of its QueueAdd
-        elif req.open:
-            self._terminate(req, ErrorCode.CANCELLED, f"cancelled by {msg.origin}", now)
-
-    def _on_memory_full(self, msg: MemoryFull, now: int) -> None:
-        self._note_full(now, f"{self.peer} has no free memory qubit")
+    # -- both ends ------------------------------------------------------------------------------
 
     def _request_from(self, msg: QueueAdd) -> Request:
         try:
@@ -765,8 +614,7 @@ class EgpCore:
             raise ProtocolError(f"EGP QueueAdd has a bad kind or basis: {msg}") from None
         if msg.number < 1 or not 0.0 <= msg.min_fidelity <= 1.0:
             raise ProtocolError(f"EGP QueueAdd has a bad number or fidelity: {msg}")
-        latency = self._planning_latency()
-        plan = estimate.plan(self.config.link, *self.nodes, msg.min_fidelity, latency)
+        plan, latency = self._plan(msg.min_fidelity)
         # rounds = -1 marks a request this end's model cannot serve (the ends disagree).
         plan = plan or estimate.Plan(self.config.link.bright_state, -1, 0.0, 0.0)
         deadline = None if msg.deadline_ns < 0 else msg.deadline_ns
@@ -780,6 +628,7 @@ class EgpCore:
             msg.purpose,
             msg.priority,
             plan,
+            latency,
         )
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -806,57 +655,13 @@ class EgpCore:
     def _free_qubit(self, qubit: int) -> None:
         self._out.append(Free(self._tag(), (qubit,)))
 
-    def _update_arming(self, now: int) -> None:
-        """Keep up to ``pipeline`` qubits armed while there is work (memory allowing), none
-        otherwise. The master re-arms when the request at the head wants another bright
-        state."""
-        head = self._head()
-        if head is None or (self.is_master and head.plan.rounds < 0):
-            if self._armed:
-                self._out.append(Disarm(self._tag()))
-                self._armed = 0
-                self._alphas.clear()
-            return
-        alpha = head.plan.bright_state or self.config.link.bright_state
-        if self.is_master and self._armed and alpha != self._armed_alpha:
-            self._out.append(Disarm(self._tag()))
-            self._armed = 0
-            self._alphas.clear()
-        # Back-pressure: pairs held for the peer's instructions or a purification partner,
-        # and halves the layer above has not freed, count against memory, so stop arming
-        # rather than run into the backend's NoMemory.
-        held = len(self.pairs) + sum(len(r.ready) for r in self._live.values())
-        upper = 0 if self._upper_held is None else self._upper_held + self._unreported
-        held += upper
-        room = self.config.local.memory_qubits - held - self._armed
-        if now >= self._arm_blocked_until:
-            self._arm_blocked_until = -1  # so that next_deadline never reports a past time
-        if self._arm_blocked_until >= 0:
-            return
-        if room <= 0 and not self._armed:
-            # Nothing armed means no herald can free anything: as stuck as a failed
-            # allocation, so it counts towards NO_MEMORY the same way.
-            self._memory_blocked(
-                now,
-                f"{self.node}'s memory is full ({upper} of its"
-                f" {self.config.local.memory_qubits} qubits held by the layer above)",
-            )
-            return
-        # One Arm per qubit: a failed allocation then accounts for exactly one of them.
-        while self._armed < self.config.pipeline and room > 0:
-            self._out.append(Arm(self._tag(), 1, alpha))
-            self._armed += 1
-            room -= 1
-            self._armed_alpha = alpha
-            self._alphas.append(alpha)
-
 
 _HANDLERS: dict[tuple[bool, type[PeerMessage]], Callable[[EgpCore, Any, int], None]] = {
-    (True, QueueAdd): EgpCore._on_queue_add_master,
+    (True, QueueAdd): master.on_queue_add,
     (True, PurifyResult): purify.on_purify_result,
-    (True, Expire): EgpCore._on_expire,
-    (True, MemoryFull): EgpCore._on_memory_full,
-    (True, Cancel): EgpCore._on_cancel,
+    (True, Expire): master.on_expire,
+    (True, MemoryFull): master.on_memory_full,
+    (True, Cancel): master.on_cancel,
     (False, QueueAdd): slave.on_queue_add,
     (False, PairAssign): slave.on_assign,
     (False, PairDiscard): slave.on_discard,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qnet.errors import ProtocolError
-from qnet.link import estimate
+from qnet.link import estimate, master
 from qnet.link.events import Gates, MeasureQubit, Purify, PurifyResult
 from qnet.link.requests import ReqState, Request, RequestKey
 from qnet.physical.gates import Basis, GateName, Matrix
@@ -138,9 +138,9 @@ def on_purify_result(core: EgpCore, msg: PurifyResult, now: int) -> None:
     _succeed(core, keep, rnd.sacrifice, rnd.op_time_ns, msg.op_time_ns)
     req = core.requests[rnd.key]
     if req.state is not ReqState.ACTIVE:
-        core._discard((keep.seq,), now)
+        master.discard(core, (keep.seq,), now)
     elif rnd.round + 1 >= req.plan.rounds:
-        core._offer(req, keep, now)
+        master.offer(core, req, keep, now)
     else:
         req.pool.setdefault(rnd.round + 1, []).append(keep.seq)
         try_purify(core, req, now)

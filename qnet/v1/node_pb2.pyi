@@ -8,6 +8,9 @@ Two services on the daemon's one gRPC server (beside the Peer service):
              table;
   LinkLayer  the link layer's CREATE as a stream of OK/ERR events, and the KEEP qubits it
              hands to clients.
+  NetworkLayer  virtual circuits to any node (routing picks the path): end-to-end pairs at
+             the head (OpenCircuit) and at the tail (CircuitEvents). Their qubits are held
+             for clients like KEEP qubits (LinkLayer.MeasureQubit/MeasureQubits/FreeQubits).
 
 As in every qnet.v1 contract, each request and response carries `protocol_version` as field
 1: the version of the qnet wire protocol the sender speaks (currently 1). Errors are gRPC
@@ -142,6 +145,47 @@ LINK_ERROR_CODE_DENIED: LinkErrorCode.ValueType  # 5
 LINK_ERROR_CODE_CANCELLED: LinkErrorCode.ValueType  # 6
 """the request's origin withdrew it"""
 Global___LinkErrorCode: _TypeAlias = LinkErrorCode  # noqa: Y015
+
+class _CircuitCloseCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitCloseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitCloseCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_CLOSE_CODE_UNSPECIFIED: _CircuitCloseCode.ValueType  # 0
+    CIRCUIT_CLOSE_CODE_COMPLETED: _CircuitCloseCode.ValueType  # 1
+    """every requested pair was delivered"""
+    CIRCUIT_CLOSE_CODE_CLOSED: _CircuitCloseCode.ValueType  # 2
+    """an end closed it"""
+    CIRCUIT_CLOSE_CODE_UNREACHABLE: _CircuitCloseCode.ValueType  # 3
+    """a node or link of the path went away"""
+    CIRCUIT_CLOSE_CODE_UNSUPPORTED: _CircuitCloseCode.ValueType  # 4
+    """the fidelity target cannot be met on the path"""
+    CIRCUIT_CLOSE_CODE_NO_MEMORY: _CircuitCloseCode.ValueType  # 5
+    """a node of the path had no memory to reserve"""
+    CIRCUIT_CLOSE_CODE_TIMEOUT: _CircuitCloseCode.ValueType  # 6
+    """the setup got no answer in time"""
+    CIRCUIT_CLOSE_CODE_DENIED: _CircuitCloseCode.ValueType  # 7
+    """a node refused it"""
+
+class CircuitCloseCode(_CircuitCloseCode, metaclass=_CircuitCloseCodeEnumTypeWrapper): ...
+
+CIRCUIT_CLOSE_CODE_UNSPECIFIED: CircuitCloseCode.ValueType  # 0
+CIRCUIT_CLOSE_CODE_COMPLETED: CircuitCloseCode.ValueType  # 1
+"""every requested pair was delivered"""
+CIRCUIT_CLOSE_CODE_CLOSED: CircuitCloseCode.ValueType  # 2
+"""an end closed it"""
+CIRCUIT_CLOSE_CODE_UNREACHABLE: CircuitCloseCode.ValueType  # 3
+"""a node or link of the path went away"""
+CIRCUIT_CLOSE_CODE_UNSUPPORTED: CircuitCloseCode.ValueType  # 4
+"""the fidelity target cannot be met on the path"""
+CIRCUIT_CLOSE_CODE_NO_MEMORY: CircuitCloseCode.ValueType  # 5
+"""a node of the path had no memory to reserve"""
+CIRCUIT_CLOSE_CODE_TIMEOUT: CircuitCloseCode.ValueType  # 6
+"""the setup got no answer in time"""
+CIRCUIT_CLOSE_CODE_DENIED: CircuitCloseCode.ValueType  # 7
+"""a node refused it"""
+Global___CircuitCloseCode: _TypeAlias = CircuitCloseCode  # noqa: Y015
 
 @_typing.final
 class NodeHealthRequest(_message.Message):
@@ -1248,3 +1292,338 @@ class FreeQubitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FreeQubitsResponse: _TypeAlias = FreeQubitsResponse  # noqa: Y015
+
+@_typing.final
+class OpenCircuitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    MEASURE_ON_DELIVERY_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    destination: _builtins.str
+    """The node at the far end (not this node)."""
+    min_fidelity: _builtins.float
+    """End-to-end fidelity each pair must have at delivery, in [0, 1]."""
+    number: _builtins.int
+    """Pairs wanted; 0 streams pairs until the call ends."""
+    measure_on_delivery: _channel_pb2.Basis.ValueType
+    """Unset: each pair's qubit is held for clients (MeasureQubit, FreeQubits; reclaimed if no
+    client claims it within the lease). Set: the daemon measures each qubit in this basis for
+    the client once the pair is delivered here, and the pair event carries the outcome;
+    nothing is held.
+    """
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        destination: _builtins.str = ...,
+        min_fidelity: _builtins.float = ...,
+        number: _builtins.int = ...,
+        measure_on_delivery: _channel_pb2.Basis.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "measure_on_delivery", b"measure_on_delivery", "min_fidelity", b"min_fidelity", "number", b"number", "protocol_version", b"protocol_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenCircuitRequest: _TypeAlias = OpenCircuitRequest  # noqa: Y015
+
+@_typing.final
+class CircuitEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    MEASURE_ON_DELIVERY_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    measure_on_delivery: _channel_pb2.Basis.ValueType
+    """As in OpenCircuitRequest, for this node's halves. If several streams get a circuit and
+    one of them asks for this, the daemon measures (in the basis of the earliest such stream)
+    and every stream gets the outcome.
+    """
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        measure_on_delivery: _channel_pb2.Basis.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["measure_on_delivery", b"measure_on_delivery", "protocol_version", b"protocol_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitEventsRequest: _TypeAlias = CircuitEventsRequest  # noqa: Y015
+
+@_typing.final
+class CircuitId(_message.Message):
+    """A circuit is named by the node that opened it and the number that node gave it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitId: _TypeAlias = CircuitId  # noqa: Y015
+
+@_typing.final
+class CircuitOpened(_message.Message):
+    """At the head: every hop accepted; pairs follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    LINK_FIDELITY_FIELD_NUMBER: _builtins.int
+    CUTOFF_NS_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    cutoff_ns: _builtins.int
+    """A link pair left unswapped longer than this is discarded."""
+    min_fidelity: _builtins.float
+    number: _builtins.int
+    @_builtins.property
+    def circuit_id(self) -> Global___CircuitId: ...
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every node of the circuit, this node first, the destination last."""
+
+    @_builtins.property
+    def link_fidelity(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Fidelity target of each link at delivery, in path order (len(path) - 1 entries)."""
+
+    def __init__(
+        self,
+        *,
+        circuit_id: Global___CircuitId | None = ...,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        link_fidelity: _abc.Iterable[_builtins.float] | None = ...,
+        cutoff_ns: _builtins.int = ...,
+        min_fidelity: _builtins.float = ...,
+        number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id", "cutoff_ns", b"cutoff_ns", "link_fidelity", b"link_fidelity", "min_fidelity", b"min_fidelity", "number", b"number", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitOpened: _TypeAlias = CircuitOpened  # noqa: Y015
+
+@_typing.final
+class CircuitIncoming(_message.Message):
+    """At the tail: a circuit ending here was accepted; its pairs follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    LINK_FIDELITY_FIELD_NUMBER: _builtins.int
+    CUTOFF_NS_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    cutoff_ns: _builtins.int
+    min_fidelity: _builtins.float
+    number: _builtins.int
+    @_builtins.property
+    def circuit_id(self) -> Global___CircuitId: ...
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every node of the circuit, the head first, this node last."""
+
+    @_builtins.property
+    def link_fidelity(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        circuit_id: Global___CircuitId | None = ...,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        link_fidelity: _abc.Iterable[_builtins.float] | None = ...,
+        cutoff_ns: _builtins.int = ...,
+        min_fidelity: _builtins.float = ...,
+        number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id", "cutoff_ns", b"cutoff_ns", "link_fidelity", b"link_fidelity", "min_fidelity", b"min_fidelity", "number", b"number", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitIncoming: _TypeAlias = CircuitIncoming  # noqa: Y015
+
+@_typing.final
+class CircuitPair(_message.Message):
+    """This node's half of end-to-end pair `index`, corrected to Φ+: both ends get the same index
+    for the same pair. Measured in the same basis, Z and X outcomes agree and Y outcomes differ
+    (⟨YY⟩ = −1 for Φ+), up to the pair's infidelity.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    QUBIT_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    FIDELITY_ESTIMATE_FIELD_NUMBER: _builtins.int
+    ESTIMATE_TIME_NS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    qubit: _builtins.int
+    """The local qubit, held for clients (LinkLayer.MeasureQubit, FreeQubits), unless
+    `measured`.
+    """
+    remote: _builtins.str
+    """The node holding the other half."""
+    fidelity_estimate: _builtins.float
+    """Estimated fidelity with Φ+ at estimate_time_ns, and the predicted weights on
+    (Φ+, Ψ+, Φ−, Ψ−) then.
+    """
+    estimate_time_ns: _builtins.int
+    measured: _builtins.bool
+    """measure_on_delivery: the daemon measured `qubit` for the client after the pair was
+    delivered; `outcome` (0 = the basis's +1 eigenstate) in `basis`. The qubit is not held.
+    """
+    outcome: _builtins.int
+    basis: _channel_pb2.Basis.ValueType
+    @_builtins.property
+    def circuit_id(self) -> Global___CircuitId: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        circuit_id: Global___CircuitId | None = ...,
+        index: _builtins.int = ...,
+        qubit: _builtins.int = ...,
+        remote: _builtins.str = ...,
+        fidelity_estimate: _builtins.float = ...,
+        estimate_time_ns: _builtins.int = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+        measured: _builtins.bool = ...,
+        outcome: _builtins.int = ...,
+        basis: _channel_pb2.Basis.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "circuit_id", b"circuit_id", "estimate_time_ns", b"estimate_time_ns", "fidelity_estimate", b"fidelity_estimate", "index", b"index", "measured", b"measured", "outcome", b"outcome", "qubit", b"qubit", "remote", b"remote", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitPair: _TypeAlias = CircuitPair  # noqa: Y015
+
+@_typing.final
+class CircuitClosed(_message.Message):
+    """The circuit ended at this node; nothing more comes from it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    code: Global___CircuitCloseCode.ValueType
+    node: _builtins.str
+    """The node that ended it, and why."""
+    reason: _builtins.str
+    delivered: _builtins.int
+    """End-to-end pairs this node delivered on the circuit."""
+    @_builtins.property
+    def circuit_id(self) -> Global___CircuitId: ...
+    def __init__(
+        self,
+        *,
+        circuit_id: Global___CircuitId | None = ...,
+        code: Global___CircuitCloseCode.ValueType = ...,
+        node: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        delivered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_id", b"circuit_id", "code", b"code", "delivered", b"delivered", "node", b"node", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitClosed: _TypeAlias = CircuitClosed  # noqa: Y015
+
+@_typing.final
+class CircuitSubscribed(_message.Message):
+    """CircuitEvents is collecting the circuits that end at `node`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitSubscribed: _TypeAlias = CircuitSubscribed  # noqa: Y015
+
+@_typing.final
+class CircuitEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    INCOMING_FIELD_NUMBER: _builtins.int
+    PAIR_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    @_builtins.property
+    def opened(self) -> Global___CircuitOpened: ...
+    @_builtins.property
+    def incoming(self) -> Global___CircuitIncoming: ...
+    @_builtins.property
+    def pair(self) -> Global___CircuitPair: ...
+    @_builtins.property
+    def closed(self) -> Global___CircuitClosed: ...
+    @_builtins.property
+    def subscribed(self) -> Global___CircuitSubscribed: ...
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        opened: Global___CircuitOpened | None = ...,
+        incoming: Global___CircuitIncoming | None = ...,
+        pair: Global___CircuitPair | None = ...,
+        closed: Global___CircuitClosed | None = ...,
+        subscribed: Global___CircuitSubscribed | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "event", b"event", "incoming", b"incoming", "opened", b"opened", "pair", b"pair", "subscribed", b"subscribed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "event", b"event", "incoming", b"incoming", "opened", b"opened", "pair", b"pair", "protocol_version", b"protocol_version", "subscribed", b"subscribed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["opened", "incoming", "pair", "closed", "subscribed"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___CircuitEvent: _TypeAlias = CircuitEvent  # noqa: Y015

@@ -676,3 +676,138 @@ class LinkLayer:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class NetworkLayerStub:
+    """--- network layer -----------------------------------------------------------------------
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.OpenCircuit = channel.unary_stream(
+                '/qnet.v1.NetworkLayer/OpenCircuit',
+                request_serializer=qnet_dot_v1_dot_node__pb2.OpenCircuitRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.CircuitEvent.FromString,
+                _registered_method=True)
+        self.CircuitEvents = channel.unary_stream(
+                '/qnet.v1.NetworkLayer/CircuitEvents',
+                request_serializer=qnet_dot_v1_dot_node__pb2.CircuitEventsRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.CircuitEvent.FromString,
+                _registered_method=True)
+
+
+class NetworkLayerServicer:
+    """--- network layer -----------------------------------------------------------------------
+
+    """
+
+    def OpenCircuit(self, request, context):
+        """Open a circuit from this node to `destination` along this node's route to it. The stream
+        starts with `opened` once every hop accepted (or fails: no route, or routing not yet
+        converged, is UNAVAILABLE with qnet-error "Unreachable" or "NotConverged"; an unknown
+        destination NOT_FOUND; a fidelity no plan reaches UNIMPLEMENTED "Unsupported"; a hop
+        without memory RESOURCE_EXHAUSTED "NoMemory"; no answer to the setup DEADLINE_EXCEEDED
+        "Timeout"; a malformed request INVALID_ARGUMENT naming the field). Then one `pair` per
+        end-to-end pair in index order, then `closed` (why it ended: all `number` pairs delivered,
+        closed by an end, or a node or link of the path went away), then the stream ends. Ending
+        the call early closes the circuit at every hop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CircuitEvents(self, request, context):
+        """Circuits that end at this node, from now on, until the call ends. The stream starts with
+        `subscribed`; then, per circuit, `incoming`, its pairs and `closed`. A circuit belongs to
+        the streams open when it arrived: every one of them gets its events (the first
+        MeasureQubit or FreeQubits of a qubit wins), and once all of them have ended the circuit
+        is closed. A circuit that arrives while no stream is open is closed at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NetworkLayerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'OpenCircuit': grpc.unary_stream_rpc_method_handler(
+                    servicer.OpenCircuit,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.OpenCircuitRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.CircuitEvent.SerializeToString,
+            ),
+            'CircuitEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.CircuitEvents,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.CircuitEventsRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.CircuitEvent.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qnet.v1.NetworkLayer', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qnet.v1.NetworkLayer', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class NetworkLayer:
+    """--- network layer -----------------------------------------------------------------------
+
+    """
+
+    @staticmethod
+    def OpenCircuit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/qnet.v1.NetworkLayer/OpenCircuit',
+            qnet_dot_v1_dot_node__pb2.OpenCircuitRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.CircuitEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CircuitEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/qnet.v1.NetworkLayer/CircuitEvents',
+            qnet_dot_v1_dot_node__pb2.CircuitEventsRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.CircuitEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -8,6 +8,9 @@ Two services on the daemon's one gRPC server (beside the Peer service):
              table;
   LinkLayer  the link layer's CREATE as a stream of OK/ERR events, and the KEEP qubits it
              hands to clients.
+  NetworkLayer  virtual circuits to any node (routing picks the path): end-to-end pairs at
+             the head (OpenCircuit) and at the tail (CircuitEvents). Their qubits are held
+             for clients like KEEP qubits (LinkLayer.MeasureQubit/MeasureQubits/FreeQubits).
 
 As in every qnet.v1 contract, each request and response carries `protocol_version` as field
 1: the version of the qnet wire protocol the sender speaks (currently 1). Errors are gRPC
@@ -303,3 +306,88 @@ class LinkLayerServicer(metaclass=_abc_1.ABCMeta):
         """Free KEEP qubits held for clients; all are checked before any is freed."""
 
 def add_LinkLayerServicer_to_server(servicer: LinkLayerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class NetworkLayerStub:
+    """--- network layer -----------------------------------------------------------------------"""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> NetworkLayerAsyncStub: ...
+    OpenCircuit: _grpc.UnaryStreamMultiCallable[_node_pb2.OpenCircuitRequest, _node_pb2.CircuitEvent]
+    """Open a circuit from this node to `destination` along this node's route to it. The stream
+    starts with `opened` once every hop accepted (or fails: no route, or routing not yet
+    converged, is UNAVAILABLE with qnet-error "Unreachable" or "NotConverged"; an unknown
+    destination NOT_FOUND; a fidelity no plan reaches UNIMPLEMENTED "Unsupported"; a hop
+    without memory RESOURCE_EXHAUSTED "NoMemory"; no answer to the setup DEADLINE_EXCEEDED
+    "Timeout"; a malformed request INVALID_ARGUMENT naming the field). Then one `pair` per
+    end-to-end pair in index order, then `closed` (why it ended: all `number` pairs delivered,
+    closed by an end, or a node or link of the path went away), then the stream ends. Ending
+    the call early closes the circuit at every hop.
+    """
+    CircuitEvents: _grpc.UnaryStreamMultiCallable[_node_pb2.CircuitEventsRequest, _node_pb2.CircuitEvent]
+    """Circuits that end at this node, from now on, until the call ends. The stream starts with
+    `subscribed`; then, per circuit, `incoming`, its pairs and `closed`. A circuit belongs to
+    the streams open when it arrived: every one of them gets its events (the first
+    MeasureQubit or FreeQubits of a qubit wins), and once all of them have ended the circuit
+    is closed. A circuit that arrives while no stream is open is closed at once.
+    """
+
+@_typing.type_check_only
+class NetworkLayerAsyncStub(NetworkLayerStub):
+    """--- network layer -----------------------------------------------------------------------"""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    OpenCircuit: _aio.UnaryStreamMultiCallable[_node_pb2.OpenCircuitRequest, _node_pb2.CircuitEvent]  # type: ignore[assignment]
+    """Open a circuit from this node to `destination` along this node's route to it. The stream
+    starts with `opened` once every hop accepted (or fails: no route, or routing not yet
+    converged, is UNAVAILABLE with qnet-error "Unreachable" or "NotConverged"; an unknown
+    destination NOT_FOUND; a fidelity no plan reaches UNIMPLEMENTED "Unsupported"; a hop
+    without memory RESOURCE_EXHAUSTED "NoMemory"; no answer to the setup DEADLINE_EXCEEDED
+    "Timeout"; a malformed request INVALID_ARGUMENT naming the field). Then one `pair` per
+    end-to-end pair in index order, then `closed` (why it ended: all `number` pairs delivered,
+    closed by an end, or a node or link of the path went away), then the stream ends. Ending
+    the call early closes the circuit at every hop.
+    """
+    CircuitEvents: _aio.UnaryStreamMultiCallable[_node_pb2.CircuitEventsRequest, _node_pb2.CircuitEvent]  # type: ignore[assignment]
+    """Circuits that end at this node, from now on, until the call ends. The stream starts with
+    `subscribed`; then, per circuit, `incoming`, its pairs and `closed`. A circuit belongs to
+    the streams open when it arrived: every one of them gets its events (the first
+    MeasureQubit or FreeQubits of a qubit wins), and once all of them have ended the circuit
+    is closed. A circuit that arrives while no stream is open is closed at once.
+    """
+
+class NetworkLayerServicer(metaclass=_abc_1.ABCMeta):
+    """--- network layer -----------------------------------------------------------------------"""
+
+    @_abc_1.abstractmethod
+    def OpenCircuit(
+        self,
+        request: _node_pb2.OpenCircuitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.CircuitEvent], _abc.AsyncIterator[_node_pb2.CircuitEvent]]:
+        """Open a circuit from this node to `destination` along this node's route to it. The stream
+        starts with `opened` once every hop accepted (or fails: no route, or routing not yet
+        converged, is UNAVAILABLE with qnet-error "Unreachable" or "NotConverged"; an unknown
+        destination NOT_FOUND; a fidelity no plan reaches UNIMPLEMENTED "Unsupported"; a hop
+        without memory RESOURCE_EXHAUSTED "NoMemory"; no answer to the setup DEADLINE_EXCEEDED
+        "Timeout"; a malformed request INVALID_ARGUMENT naming the field). Then one `pair` per
+        end-to-end pair in index order, then `closed` (why it ended: all `number` pairs delivered,
+        closed by an end, or a node or link of the path went away), then the stream ends. Ending
+        the call early closes the circuit at every hop.
+        """
+
+    @_abc_1.abstractmethod
+    def CircuitEvents(
+        self,
+        request: _node_pb2.CircuitEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.CircuitEvent], _abc.AsyncIterator[_node_pb2.CircuitEvent]]:
+        """Circuits that end at this node, from now on, until the call ends. The stream starts with
+        `subscribed`; then, per circuit, `incoming`, its pairs and `closed`. A circuit belongs to
+        the streams open when it arrived: every one of them gets its events (the first
+        MeasureQubit or FreeQubits of a qubit wins), and once all of them have ended the circuit
+        is closed. A circuit that arrives while no stream is open is closed at once.
+        """
+
+def add_NetworkLayerServicer_to_server(servicer: NetworkLayerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,11 +4,17 @@
    linked: wall time of the whole command (median of --runs), and each daemon's resident
    memory (VmRSS) once up.
 2. Neighbour KEEP pairs delivered to a link-layer user and measured at both ends, through the
-   daemons of examples/two_nodes.toml: alice's client issues CREATE requests (LinkCreate) and
-   measures each delivered half at once (MeasureQubit); bob's client watches the link
-   (LinkEvents) and measures its halves. Pairs per wall second, median of --runs runs of
-   --pairs pairs. KEEP halves occupy memory until measured, so the client keeps --window
-   requests of --batch pairs outstanding (window × batch stays below the 8 memory qubits).
+   daemons of examples/two_nodes.toml (memory raised to --memory-qubits): alice's client
+   issues CREATE requests (LinkCreate, --window calls of --batch pairs open at once) and
+   bob's client watches the link (LinkEvents). Pairs per wall second, median of --runs runs
+   of --pairs pairs, for each way of measuring (--measure):
+   - delivery: both clients ask for measure_on_delivery Z; the daemons measure each KEEP
+     half in the link's own backend requests as they deliver it, and stream the outcome;
+   - client: the clients measure what they received with MeasureQubits calls (everything that
+     arrived while the previous call ran), in Z for even herald sequences and X for odd.
+   Every pair measured at both ends is checked: both ends name the same Bell index, and per
+   basis the outcomes agree with it at least as often as the fidelity estimates imply (a
+   wrong index or basis would agree at the rate of a coin); the run fails otherwise.
 
     python tests/bench/bench_link_daemons.py --runs 3 --pairs 600
 """

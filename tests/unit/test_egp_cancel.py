@@ -28,9 +28,7 @@ from tests.unit.test_egp_harness import A, B, EgpPair, Faults, check_invariants
 
 @pytest.mark.parametrize("kind", [Kind.KEEP, Kind.MEASURE])
 @pytest.mark.parametrize("origin", [A, B])
-def test_cancel_ends_the_request_at_both_ends_after_the_same_pairs(
-    origin: str, kind: Kind
-) -> None:
+def test_cancel_ends_the_request_at_both_ends_after_the_same_pairs(origin: str, kind: Kind) -> None:
     pair = EgpPair(link=LinkParams(length_km=20.0))
     cid = pair.create(origin, number=1000, min_fidelity=0.5, kind=kind)
     pair.run(until_ns=3_000_000)
@@ -168,6 +166,21 @@ def test_late_heralds_end_requests_unsupported_at_both_ends() -> None:
         assert "32 pairs in a row" in err.reason
         assert pair.oks(node) == []
     check_invariants(pair, {(B, cid): 5})
+
+
+def test_a_spike_of_delay_does_not_refuse_what_the_link_can_serve() -> None:
+    """Heralds that came very late raise the delay plans allow for; a new request that no
+    plan reaches with that delay is still taken, planned for the configured one."""
+    nodes = NodeParams(t2_s=0.05)
+    core = EgpCore(EgpConfig(A, B, LinkParams(length_km=2.0), nodes, nodes))
+    for seq in range(1, 4):
+        now = seq * 1_000_000_000
+        core.on_herald(seq, seq, 1, now - 300_000_000, now)  # 300 ms late
+    assert core._planning_latency() >= 300_000_000
+    core.pop_outputs()
+    cid = core.create(CreateRequest(B, number=1, min_fidelity=0.85), 4_000_000_000)
+    assert not [e for e in core.pop_outputs() if isinstance(e, CreateErr)]
+    assert core.requests[(A, cid)].plan_latency_ns == 0
 
 
 # -- memory held by the layer above -----------------------------------------------------------
