@@ -42,7 +42,7 @@ def update(core: EgpCore, now: int) -> None:
     held = len(core.pairs) + sum(len(r.ready) for r in core._live.values())
     upper = 0 if core._upper_held is None else core._upper_held + core._unreported
     held += upper
-    room = core.config.local.memory_qubits - held - core._armed
+    room = core.config.local.memory_qubits - held - core._armed - core._elsewhere
     if now >= core._arm_blocked_until:
         core._arm_blocked_until = -1  # so that next_deadline never reports a past time
     if core._arm_blocked_until >= 0:

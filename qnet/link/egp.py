@@ -155,6 +155,8 @@ class EgpCore:
         #: KEEP halves delivered to the layer above and not yet freed, as it last reported
         #: (``set_upper_held``; None until its first report), and those delivered since.
         self._upper_held: int | None = None
+        #: Qubits of the node in use outside this core (``set_memory_elsewhere``).
+        self._elsewhere = 0
         self._unreported = 0
         #: Master: cancellations from the slave whose QueueAdd has not arrived yet. Slave: its
         #: requests it has asked the master to cancel.
@@ -291,14 +293,40 @@ class EgpCore:
         (back-pressure, then NO_MEMORY), and freeing resumes it. From the first report on,
         each KEEP half delivered counts as held until the next report; a layer above that
         never reports is not counted (its frees show up as allocations failing or not)."""
-        self._tick(now)
         if not isinstance(count, int) or count < 0:
             raise InvalidArgument(f"held qubits must be an integer ≥ 0, got {count!r}")
+        if count == self._upper_held and not self._unreported:
+            return  # nothing new: the common case when a node re-reports after every input
+        self._tick(now)
         if self._upper_held is not None and count < self._upper_held + self._unreported:
             self._arm_blocked_until = -1  # room again: arm now, not after the back-off
         self._upper_held = count
         self._unreported = 0
         arming.update(self, now)
+
+    def set_memory_elsewhere(self, count: int, now: int) -> None:
+        """Qubits of this node in use outside this core (other links, other layers): the
+        node's memory is shared, so arming counts them too rather than run into the
+        backend's NoMemory. Room that grows is used at once."""
+        if count == self._elsewhere:
+            return
+        if count < self._elsewhere:
+            self._arm_blocked_until = -1
+            self._elsewhere = count
+            arming.update(self, now)
+        else:
+            self._elsewhere = count
+
+    @property
+    def has_outputs(self) -> bool:
+        return bool(self._out)
+
+    def memory_used(self) -> int:
+        """Qubits of the node this core accounts for: armed, held for the peer or a partner,
+        OKs not yet delivered, and halves the layer above still holds."""
+        held = len(self.pairs) + sum(len(r.ready) for r in self._live.values())
+        upper = 0 if self._upper_held is None else self._upper_held + self._unreported
+        return held + upper + self._armed
 
     # -- physical layer ------------------------------------------------------------------------
 

@@ -103,6 +103,14 @@ class CircuitConfig:
     #: Early tracks and discards, and pairs an end waits on, are given up after this many
     #: cutoffs (nothing waits forever even if a message was lost).
     stale_cutoffs: int = 10
+    #: Ask each link for one open-ended stream of pairs per circuit (memory, shared with the
+    #: node's other links, is the flow control), rather than ``window`` pairs at a time: a
+    #: request's set-up and end cost messages and re-arming at both ends of the link.
+    stream_requests: bool = True
+
+
+#: Pairs asked for in a streaming link request; it ends with the circuit (LinkCancel).
+STREAM = 1 << 31
 
 
 class CircuitCore:
@@ -347,6 +355,17 @@ class CircuitCore:
     def qubits_held(self) -> int:
         return sum(len(c.held_qubits()) for c in self._circuits.values())
 
+    def qubits_held_by_link(self) -> dict[str, int]:
+        """Qubits held here, by the neighbour whose link delivered them."""
+        held: dict[str, int] = {}
+        for c in self._circuits.values():
+            if c.up_peer is not None and c.up_pairs:
+                held[c.up_peer] = held.get(c.up_peer, 0) + len(c.up_pairs)
+            if c.down_peer is not None and (c.down_pairs or c.ready):
+                count = len(c.down_pairs) + len(c.ready)
+                held[c.down_peer] = held.get(c.down_peer, 0) + count
+        return held
+
     def owns_purpose(self, purpose: int) -> bool:
         return purpose >= NETWORK_PURPOSE_BASE
 
@@ -431,10 +450,13 @@ class CircuitCore:
             if c.retry_at > now:
                 return
             c.retry_at = None
-        waiting = len(c.down_pairs) + (len(c.ready) if c.role is Role.HEAD else 0)
-        need = self.config.window - waiting
-        if need <= 0:
-            return
+        if self.config.stream_requests:
+            need = STREAM
+        else:
+            waiting = len(c.down_pairs) + (len(c.ready) if c.role is Role.HEAD else 0)
+            need = self.config.window - waiting
+            if need <= 0:
+                return
         c.outstanding = need
         request = CreateRequest(
             remote=peer,

@@ -9,9 +9,10 @@ aside what the swaps' gate noise, the tail's correction and memory waiting will 
 where g is each intermediate node's Bell-measurement factor, c the correction gates' factor,
 and D the decay budget: every qubit of the chain may wait up to the cutoff, and the cutoff is
 chosen so that one qubit's memory keeps ``WAIT_FACTOR`` of the Werner parameter over it (an
-unswapped pair older than that is discarded). Each link's target must be reachable by its
-link layer (``estimate.plan``, purifying if it must); otherwise the circuit is UNSUPPORTED and
-the reason names the link.
+unswapped pair older than that is discarded). When the links deliver above their targets, the
+fidelity left over lengthens the cutoff instead, so fewer pairs are thrown away. Each link's
+target must be reachable by its link layer (``estimate.plan``, purifying if it must);
+otherwise the circuit is UNSUPPORTED and the reason names the link.
 """
 
 from __future__ import annotations
@@ -48,16 +49,17 @@ class CircuitPlan:
     fidelity_no_wait: float
 
 
-def cutoff_ns(nodes: list[NodeParams]) -> int:
-    """The longest wait that keeps ``WAIT_FACTOR`` in every one of these memories."""
+def cutoff_ns(nodes: list[NodeParams], keep: float = WAIT_FACTOR) -> int:
+    """The longest wait (at most ``MAX_CUTOFF_NS``) that keeps the share ``keep`` of a
+    Werner parameter in every one of these memories."""
     cut = MAX_CUTOFF_NS
     for params in nodes:
-        if not params.noisy_memory or bd.idle_factor(params, cut) >= WAIT_FACTOR:
+        if not params.noisy_memory or bd.idle_factor(params, cut) >= keep:
             continue
         lo, hi = 0, cut
         while hi - lo > 1000:
             mid = (lo + hi) // 2
-            if bd.idle_factor(params, mid) >= WAIT_FACTOR:
+            if bd.idle_factor(params, mid) >= keep:
                 lo = mid
             else:
                 hi = mid
@@ -94,6 +96,7 @@ def plan_circuit(
         w_link = (w_target / factor) ** (1.0 / k)
     f_link = min(1.0, (1.0 + 3.0 * w_link) / 4.0 + _MARGIN) if w_target > 0 else 0.0
     targets: list[float] = []
+    delivered: list[float] = []
     rate = math.inf
     for a, b in itertools.pairwise(path):
         link = topology.link(a, b).params
@@ -111,6 +114,12 @@ def plan_circuit(
                 f" {min_fidelity:.4f} end to end"
             )
         targets.append(f_link)
+        delivered.append(found.fidelity)
         rate = min(rate, found.rate_hz)
-    no_wait = factor / WAIT_FACTOR ** (2 * k) * max(w_link, 0.0) ** k
+    # Links usually deliver above their targets (no bright-state knob, or a coarse one): what
+    # the end-to-end target leaves over buys longer waits, so fewer pairs are cut off.
+    no_wait = factor / WAIT_FACTOR ** (2 * k) * math.prod((4.0 * f - 1.0) / 3.0 for f in delivered)
+    if w_target > 0.0 and no_wait > w_target:
+        per_qubit = (w_target / no_wait) ** (1.0 / (2 * k))
+        cut = max(cut, cutoff_ns(params, per_qubit))
     return CircuitPlan(tuple(targets), cut, rate, (1.0 + 3.0 * no_wait) / 4.0)

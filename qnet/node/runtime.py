@@ -125,6 +125,12 @@ class NodeRuntime:
         self._seed = seed
         self._links: dict[str, _Link] = {}
         self._wake = trio.Event()
+        #: Physical time the timer task sleeps until (None: until woken).
+        self._sleep_until: int | None = None
+        self._balancing = False
+        #: KEEP halves link-layer clients hold, per link (``set_upper_held``).
+        self._client_held: dict[str, int] = {}
+        self._upper_reported: set[str] = set()
         self.ready = trio.Event()
         #: Messages from neighbours refused here or by a link core (routing counts its own).
         self.protocol_errors = 0
@@ -147,6 +153,7 @@ class NodeRuntime:
             config=CircuitConfig(latency_ns=latency_ns),
             on_output=self._poke,
         )
+        self.circuits.listeners.append(self._balance_memory)
         #: Peer messages by family: the base class of a core's messages → who takes them.
         self._handlers: dict[type, Callable[[str, list[Any]], None]] = {
             PeerMessage: self._on_link_messages,
@@ -194,10 +201,13 @@ class NodeRuntime:
         return hosted.results
 
     def set_upper_held(self, peer: str, count: int) -> None:
-        """KEEP qubits of the link to ``peer`` delivered and not yet measured or freed by
-        their users: the link's arming counts them against memory."""
+        """KEEP qubits of the link to ``peer`` delivered to link-layer users and not yet
+        measured or freed by them: the link's arming counts them (and the circuits' own)
+        against memory."""
         link = self._link(peer)
-        link.core.set_upper_held(count, self.now())
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidArgument(f"held qubits must be an integer ≥ 0, got {count!r}")
+        self._client_held[peer] = count
         self._flush(link)
 
     def subscribe(self, peer: str) -> trio.MemoryReceiveChannel[UpperEvent]:
@@ -343,8 +353,15 @@ class NodeRuntime:
         self.circuits.link_changed(peer, up)
 
     def _poke(self) -> None:
-        """A core has new deadlines: the timer task re-reads them."""
-        self._wake.set()
+        """Routing or circuits changed: wake the timer task if they now need it sooner."""
+        self._note_deadline(self.routing.next_deadline())
+        self._note_deadline(self.circuits.next_deadline())
+
+    def _note_deadline(self, deadline: int | None) -> None:
+        """Wake the timer task only for a deadline before the one it sleeps until: most
+        inputs move no deadline earlier, and a needless wake re-reads every core's."""
+        if deadline is not None and (self._sleep_until is None or deadline < self._sleep_until):
+            self._wake.set()
 
     def _timed(self) -> list[tuple[int, Callable[[int], None]]]:
         """(deadline, what to call then) of every core that has one."""
@@ -370,12 +387,18 @@ class NodeRuntime:
             self._wake = trio.Event()
             timed = self._timed()
             if not timed:
+                self._sleep_until = None
                 await self._wake.wait()
                 continue
             deadline = min(d for d, _ in timed)
-            with trio.move_on_at(self.clock.trio_time(deadline)):
+            self._sleep_until = deadline
+            with trio.move_on_at(self.clock.trio_time(deadline)) as sleep:
                 await self._wake.wait()
             now = self.now()
+            if sleep.cancelled_caught:
+                # The clock reached the deadline; its float seconds may read a nanosecond
+                # short of it, which must not postpone the timer to the next wake.
+                now = max(now, deadline)
             for d, fire in timed:
                 if d <= now:
                     fire(now)
@@ -398,9 +421,36 @@ class NodeRuntime:
                 circuit_events.append(out)
         if messages:
             self.transport.send(link.peer, messages)
-        self._wake.set()
+        self._note_deadline(link.core.next_deadline())
         for event in circuit_events:
             self.circuits.on_link_event(link.peer, event)
+        self._balance_memory()
+
+    def _balance_memory(self) -> None:
+        """Tell each link core how much of the node's memory the others use: the links and
+        the network layer share it, and a core that arms past it only meets NoMemory."""
+        if self._balancing:
+            return
+        self._balancing = True
+        try:
+            now = self.now()
+            circuits = self.circuits.core.qubits_held_by_link()
+            for peer, link in self._links.items():
+                upper = circuits.get(peer, 0) + self._client_held.get(peer, 0)
+                if upper or peer in self._client_held or peer in self._upper_reported:
+                    # Reported once, always reported: the core then counts every half it
+                    # delivers as held until the next report, which keeps arming honest
+                    # between a delivery and its user taking it.
+                    self._upper_reported.add(peer)
+                    link.core.set_upper_held(upper, now)
+            used = {peer: link.core.memory_used() for peer, link in self._links.items()}
+            total = sum(used.values())
+            for peer, link in self._links.items():
+                link.core.set_memory_elsewhere(total - used[peer], now)
+                if link.core.has_outputs:
+                    self._flush(link)
+        finally:
+            self._balancing = False
 
     def _deliver(self, link: _Link, event: UpperEvent) -> bool:
         """Count and hand out an event; True if it is the network layer's to take."""

@@ -21,11 +21,25 @@ class PhysicalClock:
         self._start_ns = start_ns
 
     def now_ns(self) -> int:
-        return self._start_ns + int((trio.current_time() - self._start) * self.scale * 1e9)
+        return self._at(trio.current_time())
+
+    def _at(self, trio_time: float) -> int:
+        return self._start_ns + int((trio_time - self._start) * self.scale * 1e9)
 
     def trio_time(self, ns: int) -> float:
-        """The trio clock reading at which physical time reaches ``ns`` (never early)."""
-        return self._start + (ns - self._start_ns) / (self.scale * 1e9) + 1e-9
+        """The earliest trio clock reading at which physical time reads ``ns``: never early,
+        and not a nanosecond late either (a timer due at ``ns`` then fires at ``ns``, in
+        order with everything else that happens then)."""
+        t = self._start + (ns - self._start_ns) / (self.scale * 1e9)
+        for _ in range(64):
+            if self._at(t) >= ns:
+                break
+            t = math.nextafter(t, math.inf)
+        else:
+            t += 1e-9
+        while self._at(math.nextafter(t, -math.inf)) >= ns:
+            t = math.nextafter(t, -math.inf)
+        return t
 
     def trio_duration(self, ns: int) -> float:
         """Trio seconds that ``ns`` of physical time takes."""

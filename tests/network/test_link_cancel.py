@@ -81,7 +81,9 @@ async def test_pairs_that_keep_missing_the_target_end_unsupported(
     memories with T2 = 10 ms and fail the target at delivery. The master then ends the
     request UNSUPPORTED at both ends after max_misses such pairs in a row, instead of burning
     pairs until max_time (2 s here). Without loss the same request completes."""
-    topology = two_nodes(length_km=2.0, source_fidelity=0.9, t2_s=0.01)
+    # Memory enough that purification pools waiting for lost messages never fill it: the
+    # request must end on its misses, not on memory.
+    topology = two_nodes(length_km=2.0, source_fidelity=0.9, t2_s=0.01, memory_qubits=32)
     request = CreateRequest(A, number=20, min_fidelity=0.985, max_time_ns=2_000_000_000)
     with trio.fail_after(BOUND_S):
         async with (
