@@ -1,7 +1,7 @@
 """Peer-message records to and from plain dicts, checked against their annotations.
 
-A layer's peer messages are frozen dataclasses whose fields are str, int, float, or tuples of
-those; ``to_plain`` gives the JSON-ready dict a transport carries (and that the Peer API's
+A layer's peer messages are frozen dataclasses whose fields are str, int, float, bytes, or
+tuples of those; ``to_plain`` gives the JSON-ready dict a transport carries (and that the Peer API's
 proto conversion mirrors), ``from_plain`` rebuilds the record and raises ``ProtocolError``
 naming the field when a peer sent something else. Annotations are read as strings (modules
 use postponed evaluation) and cached, since this is on every message's path.
@@ -71,7 +71,16 @@ def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
-_SCALARS: dict[str, Callable[[object], bool]] = {"int": _is_int, "float": _is_float, "str": _is_str}
+def _is_bytes(value: object) -> bool:
+    return isinstance(value, bytes)
+
+
+_SCALARS: dict[str, Callable[[object], bool]] = {
+    "int": _is_int,
+    "float": _is_float,
+    "str": _is_str,
+    "bytes": _is_bytes,
+}
 
 
 def _convert(annotation: str, value: Any) -> tuple[bool, Any]:

@@ -46,7 +46,7 @@ from qnet.link.events import (
     QueueAdd,
     Terminate,
 )
-from qnet.network import circuit_events, routing_events
+from qnet.network import circuit_events, datagram, routing_events
 from qnet.network.circuit_events import (
     ChainDiscard,
     CircuitAccept,
@@ -57,6 +57,7 @@ from qnet.network.circuit_events import (
     PairComplete,
     PairTrack,
 )
+from qnet.network.datagram import DatagramMessage, NetDatagram
 from qnet.network.routing_events import (
     AdvertAck,
     DatabaseDescription,
@@ -115,6 +116,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(PeerMessage, link_events.message_from_dict, "link_", range(16, 64)),
     Family(RoutingMessage, routing_events.message_from_dict, "net_", range(64, 80)),
     Family(CircuitMessage, circuit_events.message_from_dict, "net_", range(80, 112)),
+    Family(DatagramMessage, datagram.message_from_dict, "net_", range(112, 128)),
 )
 
 #: Every dataclass that crosses the Peer API, in the order of its case numbers.
@@ -141,6 +143,7 @@ WIRE_TYPES: tuple[type[WireMessage], ...] = (
     PairTrack,
     ChainDiscard,
     PairComplete,
+    NetDatagram,
 )
 
 _BODY_FIELDS: dict[str, FieldDescriptor] = {

@@ -26,6 +26,7 @@ import trio
 
 from qnet.channel import wire
 from qnet.errors import (
+    AlreadyExists,
     InvalidArgument,
     NoMemory,
     NotFound,
@@ -51,6 +52,7 @@ from qnet.link.events import (
 )
 from qnet.network.circuit import CircuitConfig
 from qnet.network.circuit_events import NETWORK_PURPOSE_BASE, CircuitMessage
+from qnet.network.datagram import DatagramCore, DatagramMessage, DatagramReceived, Forward
 from qnet.network.routing_events import RouteEntry, RoutingMessage
 from qnet.node.circuit_driver import CircuitHandle, NodeCircuits
 from qnet.node.interfaces import ChannelAccess, PeerTransport
@@ -154,11 +156,14 @@ class NodeRuntime:
             on_output=self._poke,
         )
         self.circuits.listeners.append(self._balance_memory)
+        self.datagrams = DatagramCore(name, lambda destination: self.route(destination).next_hop)
+        self._datagram_listeners: dict[int, trio.MemorySendChannel[DatagramReceived]] = {}
         #: Peer messages by family: the base class of a core's messages → who takes them.
         self._handlers: dict[type, Callable[[str, list[Any]], None]] = {
             PeerMessage: self._on_link_messages,
             RoutingMessage: self.routing.on_messages,
             CircuitMessage: self.circuits.on_messages,
+            DatagramMessage: self._on_datagrams,
         }
 
     # -- public --------------------------------------------------------------------------
@@ -243,6 +248,47 @@ class NodeRuntime:
             raise NotFound(f"no node {destination!r} in this network", node=self.name)
         route = self.route(destination)
         return self.circuits.open(route.path, min_fidelity, number)
+
+    def send_datagram(self, destination: str, protocol: int, payload: bytes) -> None:
+        """Send ``payload`` to ``destination``'s listener of ``protocol``, hop by hop along
+        the routing tables. Best effort; raises NotConverged/Unreachable when there is no
+        route now."""
+        self.datagrams.send(destination, protocol, payload)
+        self._flush_datagrams()
+
+    def listen_datagrams(self, protocol: int) -> trio.MemoryReceiveChannel[DatagramReceived]:
+        """Datagrams for this node with ``protocol``, from now on (one listener each)."""
+        if protocol in self._datagram_listeners:
+            raise AlreadyExists(f"protocol {protocol} has a listener", node=self.name)
+        send, recv = trio.open_memory_channel[DatagramReceived](math.inf)
+        self._datagram_listeners[protocol] = send
+        return recv
+
+    def _on_datagrams(self, sender: str, messages: list[Any]) -> None:
+        for message in messages:
+            try:
+                self.datagrams.on_message(sender, message)
+            except QnetError as exc:
+                self.protocol_errors += 1
+                log.warning("%s: datagram from %s refused: %s", self.name, sender, exc)
+        self._flush_datagrams()
+
+    def _flush_datagrams(self) -> None:
+        by_peer: dict[str, list[WireMessage]] = {}
+        for out in self.datagrams.pop_outputs():
+            if isinstance(out, Forward):
+                by_peer.setdefault(out.peer, []).append(out.message)
+                continue
+            listener = self._datagram_listeners.get(out.protocol)
+            try:
+                if listener is None:
+                    raise trio.BrokenResourceError
+                listener.send_nowait(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._datagram_listeners.pop(out.protocol, None)
+                self.datagrams.counters["dropped"] += 1
+        for peer, batch in by_peer.items():
+            self.transport.send(peer, batch)
 
     @property
     def routing_converged(self) -> trio.Event:

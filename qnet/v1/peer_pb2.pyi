@@ -66,7 +66,7 @@ class PeerMessage(_message.Message):
       1 to 15     the Peer protocol itself (Hello)
       16 to 63    link layer: the EGP messages between the two ends of a link (Link*)
       64 to 127   network layer: 64 to 79 link-state routing, 80 to 111 circuits, swapping
-                  and tracking, 112 to 127 not assigned yet
+                  and tracking, 112 to 127 datagrams between any two nodes
       128 to 191  transport layer (connections, pair streams; not assigned yet)
 
     A receiver drops (and counts) a message whose case it does not know.
@@ -97,6 +97,7 @@ class PeerMessage(_message.Message):
     NET_PAIR_TRACK_FIELD_NUMBER: _builtins.int
     NET_CHAIN_DISCARD_FIELD_NUMBER: _builtins.int
     NET_PAIR_COMPLETE_FIELD_NUMBER: _builtins.int
+    NET_DATAGRAM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -143,6 +144,8 @@ class PeerMessage(_message.Message):
     def net_chain_discard(self) -> Global___ChainDiscard: ...
     @_builtins.property
     def net_pair_complete(self) -> Global___PairComplete: ...
+    @_builtins.property
+    def net_datagram(self) -> Global___NetDatagram: ...
     def __init__(
         self,
         *,
@@ -169,12 +172,13 @@ class PeerMessage(_message.Message):
         net_pair_track: Global___PairTrack | None = ...,
         net_chain_discard: Global___ChainDiscard | None = ...,
         net_pair_complete: Global___PairComplete | None = ...,
+        net_datagram: Global___NetDatagram | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_datagram"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1099,3 +1103,43 @@ class PairComplete(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PairComplete: _TypeAlias = PairComplete  # noqa: Y015
+
+@_typing.final
+class NetDatagram(_message.Message):
+    """--- network layer: datagrams (qnet/network/datagram.py) ---------------------------------------
+
+    A classical message from any node to any other, forwarded hop by hop: each node hands it to
+    the next hop its routing table names for `destination`. Best effort: a datagram without a
+    route, or whose hop limit runs out, is dropped and counted; the layer above retransmits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    HOP_LIMIT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    destination: _builtins.str
+    hop_limit: _builtins.int
+    """Hops left; a node that would forward it with 1 or less drops it."""
+    protocol: _builtins.int
+    """The layer above that takes it at the destination (1: transport)."""
+    payload: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        hop_limit: _builtins.int = ...,
+        protocol: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "hop_limit", b"hop_limit", "payload", b"payload", "protocol", b"protocol", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetDatagram: _TypeAlias = NetDatagram  # noqa: Y015

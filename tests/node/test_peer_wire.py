@@ -26,7 +26,7 @@ from qnet.link.events import (
     QueueAdd,
     Terminate,
 )
-from qnet.network import circuit_events, routing_events
+from qnet.network import circuit_events, datagram, routing_events
 from qnet.network.circuit_events import (
     ChainDiscard,
     CircuitAccept,
@@ -37,6 +37,7 @@ from qnet.network.circuit_events import (
     PairComplete,
     PairTrack,
 )
+from qnet.network.datagram import DatagramMessage, NetDatagram
 from qnet.network.routing_events import (
     AdvertAck,
     AdvertHeader,
@@ -63,6 +64,7 @@ def _field_strategy(field: FieldDescriptor) -> st.SearchStrategy[Any]:
         FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
         FieldDescriptor.TYPE_DOUBLE: DOUBLE,
         FieldDescriptor.TYPE_STRING: st.text(),
+        FieldDescriptor.TYPE_BYTES: st.binary(max_size=64),
     }[field.type]
     if field.is_repeated:
         return st.lists(scalar, max_size=20).map(tuple)
@@ -71,7 +73,9 @@ def _field_strategy(field: FieldDescriptor) -> st.SearchStrategy[Any]:
 
 LINK_TYPES = tuple(t for t in peer_wire.WIRE_TYPES if issubclass(t, PeerMessage))
 ROUTING_TYPES = tuple(t for t in peer_wire.WIRE_TYPES if issubclass(t, RoutingMessage))
-CIRCUIT_TYPES = tuple(t for t in peer_wire.WIRE_TYPES if issubclass(t, CircuitMessage))
+CIRCUIT_TYPES = tuple(
+    t for t in peer_wire.WIRE_TYPES if issubclass(t, CircuitMessage | DatagramMessage)
+)
 
 
 def messages_of(cls: type[WireMessage]) -> st.SearchStrategy[WireMessage]:
@@ -152,6 +156,7 @@ EXAMPLES: list[WireMessage] = [
     PairTrack("alice", 1, 17, 12, 3, (0.9, 0.05, 0.03, 0.02), 1_000, 2_000),
     ChainDiscard("alice", 1, 17),
     PairComplete("alice", 1, 12, 0, (0.9, 0.05, 0.03, 0.02), 3_000),
+    NetDatagram("alice", "bob", 64, 1, b"\x00handshake"),
 ]
 
 
@@ -162,6 +167,7 @@ def test_every_peer_message_type_has_a_wire_form() -> None:
             (events, PeerMessage),
             (routing_events, RoutingMessage),
             (circuit_events, CircuitMessage),
+            (datagram, DatagramMessage),
         )
         for v in vars(module).values()
         if isinstance(v, type) and issubclass(v, base) and v is not base
@@ -197,6 +203,7 @@ def test_case_numbers_are_stable() -> None:
         "net_pair_track": 84,
         "net_chain_discard": 85,
         "net_pair_complete": 86,
+        "net_datagram": 112,
     }
     assert peer_wire.layer_of_case("hello") is Layer.PEER
     assert {peer_wire.layer_of(m) for m in EXAMPLES} == {Layer.LINK, Layer.NETWORK}
