@@ -141,6 +141,25 @@ def _restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _circuit(args: argparse.Namespace) -> int:
+    from qnet.daemon.report import format_circuit, run_circuit
+
+    state = _state(_run_dir(args))
+    report = _run(
+        lambda: run_circuit(
+            state,
+            args.head,
+            args.tail,
+            pairs=args.pairs,
+            min_fidelity=args.min_fidelity,
+            basis=args.basis,
+            timeout_s=args.timeout,
+        )
+    )
+    print(format_circuit(report))
+    return 0 if report.pairs == args.pairs else 1
+
+
 def _add_run_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
@@ -197,6 +216,26 @@ def _add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     _add_run_dir(restart)
     restart.add_argument("--timeout", type=float, default=30.0, help="seconds allowed (default 30)")
     restart.set_defaults(run=_restart)
+    circuit = sub.add_parser(
+        "circuit",
+        help="open a circuit between two nodes and measure its pairs at both ends",
+        description="Open a circuit from HEAD to TAIL (routing picks the path) for --pairs"
+        " end-to-end pairs, have both daemons measure each half in --basis as it is"
+        " delivered, and print the pairs delivered, the rate, the mean estimated fidelity"
+        " and the measured correlation next to the predicted one.",
+    )
+    circuit.add_argument("head", help="the node that opens the circuit")
+    circuit.add_argument("tail", help="the node at the far end")
+    circuit.add_argument("--pairs", type=int, default=100, help="pairs wanted (default 100)")
+    circuit.add_argument(
+        "--min-fidelity", type=float, default=0.7, help="end-to-end fidelity (default 0.7)"
+    )
+    circuit.add_argument("--basis", choices=["Z", "X", "Y"], default="Z")
+    circuit.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds allowed for the pairs (default 60)"
+    )
+    _add_run_dir(circuit)
+    circuit.set_defaults(run=_circuit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -106,9 +106,6 @@ class LinkService:
         self.held: dict[int, HeldQubit] = {}
         self._held_per_peer: Counter[str] = Counter()
         self._to_free, self._freeing = trio.open_memory_channel[int](math.inf)
-        #: Per link, further qubits it delivered that the layers above hold (the network
-        #: layer's link pairs): the link's arming counts them with the held ones.
-        self.also_held: Callable[[str], int] = lambda peer: 0
 
     def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
         return service_handler(
@@ -179,8 +176,7 @@ class LinkService:
 
     def _report_held(self, peer: str) -> None:
         if self._runtime is not None:
-            count = self._held_per_peer[peer] + self.also_held(peer)
-            self._runtime.set_upper_held(peer, count)
+            self._runtime.set_upper_held(peer, self._held_per_peer[peer])
 
     # -- for the network layer's service, whose end-to-end qubits share the registry -----------
 

@@ -16,12 +16,6 @@ Nothing outlives its client: when the last stream of a circuit end has gone, the
 closed (every hop frees what it holds) and pairs still on their way are freed as they arrive;
 pairs a stream had queued but not sent are freed at once; pairs sent are held until a client
 measures or frees them, or their lease runs out.
-
-The link layer counts every KEEP half it delivers as held by the layer above until it is told
-otherwise (``NodeRuntime.set_upper_held``). The circuit core holds link pairs of its own until
-it swaps or delivers them, so this service tells each link, after every change of the
-circuits, how many of its pairs the circuits hold (``LinkService.also_held``); otherwise the
-link would count every circuit pair it ever delivered and soon stop arming.
 """
 
 from __future__ import annotations
@@ -102,9 +96,6 @@ class NetworkService:
         #: CircuitEvents streams, oldest first.
         self._watchers: list[_Stream] = []
         self._ends: set[_End] = set()
-        self._changed = trio.Event()
-        #: Per link, (pairs it delivered, pairs the circuits hold) at the last report.
-        self._reported: dict[str, tuple[int, int]] = {}
 
     def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
         return service_handler(
@@ -128,56 +119,19 @@ class NetworkService:
         self, runtime: NodeRuntime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve circuits of ``runtime`` (already running) until cancelled."""
-        listeners = runtime.circuits.listeners
         try:
             async with trio.open_nursery() as nursery:
                 self._runtime, self._nursery = runtime, nursery
-                self.links.also_held = self._circuit_held
-                listeners.append(self._poke)
                 nursery.start_soon(self._accept, runtime, nursery)
-                nursery.start_soon(self._report_loop, runtime)
                 task_status.started()
         finally:
             self._runtime = self._nursery = None
-            if self._poke in listeners:
-                listeners.remove(self._poke)
-            self.links.also_held = lambda peer: 0
             # Open streams end now (they report that the node is stopping).
             for stream in self._watchers:
                 stream.send.close()
             for end in self._ends:
                 for stream in end.streams:
                     stream.send.close()
-
-    # -- memory accounting ----------------------------------------------------------------------
-
-    def _circuit_held(self, peer: str) -> int:
-        """Link pairs of the link to ``peer`` that the circuits hold (unswapped, or waiting to
-        be delivered)."""
-        if self._runtime is None:
-            return 0
-        held = 0
-        for c in self._runtime.circuits.core.circuits().values():
-            if c.up_peer == peer:
-                held += len(c.up_pairs)
-            if c.down_peer == peer:
-                held += len(c.down_pairs) + len(c.ready)
-        return held
-
-    def _poke(self) -> None:
-        self._changed.set()
-
-    async def _report_loop(self, runtime: NodeRuntime) -> None:
-        """After the circuits changed, tell each link what they hold, if anything changed
-        since the last report (a delivery on the link, or what the circuits hold there)."""
-        while True:
-            await self._changed.wait()
-            self._changed = trio.Event()
-            for peer in runtime.peers:
-                now = (runtime.counters(peer).delivered, self._circuit_held(peer))
-                if self._reported.get(peer) != now:
-                    self._reported[peer] = now
-                    self.links.report_held(peer)
 
     # -- serving circuit ends -------------------------------------------------------------------
 
@@ -242,7 +196,11 @@ class NetworkService:
         basis = next((s.measure for s in live if s.measure is not None), None)
         outcomes: list[int | QnetError] = []
         if pairs and live and basis is not None:
-            outcomes = await self.links.measure(end.neighbour, [(p.qubit, basis) for p in pairs])
+            try:
+                items = [(p.qubit, basis) for p in pairs]
+                outcomes = await self.links.measure(end.neighbour, items)
+            except QnetError as exc:  # the link layer is stopping: so are the streams
+                outcomes = [exc] * len(pairs)
         measured = iter(outcomes)
         held = False
         for event in batch:

@@ -1,11 +1,11 @@
-"""What ``qnet up``, ``qnet status``, ``qnet links``, ``qnet routes`` and ``qnet restart``
-print: gathered from the daemons of a run directory (each RPC bounded), laid out as plain-text
-tables."""
+"""What ``qnet up``, ``qnet status``, ``qnet links``, ``qnet routes``, ``qnet restart`` and
+``qnet circuit`` print: gathered from the daemons of a run directory (each RPC bounded), laid
+out as plain-text tables."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -314,3 +314,155 @@ def format_restart(result: RestartResult) -> str:
         " linked and routed"
     )
     return "\n".join([*result.notes, head])
+
+
+# -- circuit ---------------------------------------------------------------------------------
+
+#: Expectation of σ⊗σ for each Bell state (Φ+, Ψ+, Φ−, Ψ−), per basis.
+_PARITY = {
+    "Z": (1, -1, 1, -1),
+    "X": (1, 1, -1, -1),
+    "Y": (-1, 1, 1, -1),
+}
+
+
+@dataclass
+class CircuitReport:
+    """One circuit between two nodes, its pairs measured on delivery at both ends."""
+
+    head: str
+    tail: str
+    basis: str
+    requested: int
+    path: list[str]
+    link_fidelity: list[float]
+    cutoff_ns: int
+    #: Pairs whose two halves were both delivered and measured.
+    pairs: int = 0
+    #: From the ``opened`` event to the last pair.
+    seconds: float = 0.0
+    fidelity_sum: float = 0.0
+    #: Σ of the products of the two ±1 outcomes, and of their predictions from each pair's
+    #: weights and both nodes' measurement errors.
+    product_sum: float = 0.0
+    predicted_sum: float = 0.0
+    closed: str = ""
+    timed_out: bool = False
+
+    @property
+    def rate_hz(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+
+def _node_record(state: NetworkState, node: str) -> DaemonRecord:
+    record = state.nodes.get(node)
+    if record is None:
+        known = ", ".join(state.nodes) or "none"
+        raise NotFound(f"network {state.network} has no node {node!r} (nodes: {known})")
+    if not record.running():
+        raise QnetError(f"the daemon of {node} (pid {record.pid}) is not running")
+    return record
+
+
+async def run_circuit(
+    state: NetworkState,
+    head: str,
+    tail: str,
+    *,
+    pairs: int,
+    min_fidelity: float,
+    basis: str,
+    timeout_s: float,
+) -> CircuitReport:
+    """Open a circuit ``head`` → ``tail`` for ``pairs`` pairs, each half measured in
+    ``basis`` by its daemon on delivery; bounded by ``timeout_s`` once opened."""
+    from qnet.daemon.control import open_daemon_client
+    from qnet.physical.gates import Basis
+    from qnet.topology import load_topology
+
+    if pairs < 1:
+        raise QnetError(f"--pairs must be at least 1, got {pairs}")
+    if basis not in _PARITY:
+        raise QnetError(f"--basis must be Z, X or Y, got {basis!r}")
+    near, far = _node_record(state, head), _node_record(state, tail)
+    topology = load_topology(state.topology)
+    flips = (1 - 2 * topology.node(head).params.measure_error) * (
+        1 - 2 * topology.node(tail).params.measure_error
+    )
+    halves: dict[str, dict[int, pb.CircuitPair]] = {head: {}, tail: {}}
+    ends: dict[str, str] = {}
+
+    async def read(name: str, events: AsyncIterator[pb.CircuitEvent]) -> None:
+        async for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "pair":
+                halves[name][event.pair.index] = event.pair
+            elif kind == "closed":
+                c = event.closed
+                code = pb.CircuitCloseCode.Name(c.code).removeprefix("CIRCUIT_CLOSE_CODE_")
+                ends[name] = f"{code.lower()} by {c.node} ({c.reason})"
+                return
+
+    on_delivery = Basis(basis)
+    setup_s = RPC_TIMEOUT_S * 3  # connecting, subscribing and the circuit's setup
+    # One deadline over all of it, the reading's own bound inside: the streams' gRPC deadline
+    # (trio's, when they start) then always outlasts the reading.
+    try:
+        with trio.fail_after(setup_s + timeout_s):
+            async with (
+                open_daemon_client(near.address) as a,
+                open_daemon_client(far.address) as b,
+                b.circuit_events(measure_on_delivery=on_delivery) as tail_events,
+                a.open_circuit(
+                    tail, min_fidelity=min_fidelity, number=pairs, measure_on_delivery=on_delivery
+                ) as (opened, head_events),
+            ):
+                report = CircuitReport(
+                    head,
+                    tail,
+                    basis,
+                    pairs,
+                    list(opened.path),
+                    list(opened.link_fidelity),
+                    opened.cutoff_ns,
+                )
+                start = trio.current_time()
+                with trio.move_on_after(timeout_s) as limit:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(read, head, head_events)
+                        nursery.start_soon(read, tail, tail_events)
+                report.timed_out = limit.cancelled_caught
+                report.seconds = trio.current_time() - start
+    except trio.TooSlowError:
+        raise QnetError(f"the circuit {head} → {tail} did not open in {setup_s:g} s") from None
+    parity = _PARITY[basis]
+    for index in sorted(set(halves[head]) & set(halves[tail])):
+        mine, theirs = halves[head][index], halves[tail][index]
+        report.pairs += 1
+        report.fidelity_sum += mine.fidelity_estimate
+        report.product_sum += 1 - 2 * (mine.outcome ^ theirs.outcome)
+        expected = sum(w * s for w, s in zip(mine.weights, parity, strict=False))
+        report.predicted_sum += expected * flips
+    report.closed = ends.get(head, "still open at the time limit")
+    return report
+
+
+def format_circuit(report: CircuitReport) -> str:
+    r = report
+    n = max(r.pairs, 1)
+    targets = " ".join(f"{f:.3f}" for f in r.link_fidelity)
+    mean = r.product_sum / n
+    # The standard error of a mean of ±1 values.
+    error = math.sqrt(max(1 - mean**2, 0.0) / n)
+    lines = [
+        f"circuit {r.head} → {r.tail} over {' '.join(r.path)} (link targets {targets},"
+        f" cutoff {r.cutoff_ns / 1e6:.3g} ms)",
+        f"{r.pairs} of {r.requested} pairs delivered and measured at both ends in"
+        f" {r.seconds:.2f} s: {r.rate_hz:.1f} pairs/s; mean estimated fidelity"
+        f" {r.fidelity_sum / n:.4f}",
+        f"⟨{r.basis}{r.basis}⟩ measured {mean:+.3f} ± {error:.3f}, predicted"
+        f" {r.predicted_sum / n:+.3f} (from the pairs' estimated Bell weights and the nodes'"
+        " measurement errors)",
+        f"closed: {r.closed}" + (" — stopped at the time limit" if r.timed_out else ""),
+    ]
+    return "\n".join(lines)
