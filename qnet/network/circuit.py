@@ -107,6 +107,10 @@ class CircuitConfig:
     #: node's other links, is the flow control), rather than ``window`` pairs at a time: a
     #: request's set-up and end cost messages and re-arming at both ends of the link.
     stream_requests: bool = True
+    #: Unswapped pairs an intermediate node keeps on one side before it discards the oldest:
+    #: above the reservation, because with streaming requests the node's memory (which the
+    #: link layers share) is what limits them, and a discard wastes a pair already made.
+    hold_limit: int = 4
 
 
 #: Pairs asked for in a streaming link request; it ends with the circuit (LinkCancel).
@@ -125,6 +129,8 @@ class CircuitCore:
         self._by_label: dict[int, CircuitId] = {}
         self._by_up: dict[tuple[str, int], CircuitId] = {}
         self._measuring: dict[int, tuple[CircuitId, int]] = {}
+        #: Link requests of ended circuits already cancelled again (see ``_cancel_orphan``).
+        self._orphans: set[tuple[str, int]] = set()
         self._out: list[Output] = []
         self._next_circuit = 1
         self._next_label = NETWORK_PURPOSE_BASE
@@ -199,6 +205,8 @@ class CircuitCore:
         found = self._circuit_of(peer, ok.origin, ok.purpose)
         if found is None or found[0].phase is not Phase.OPEN:
             self._free(ok.qubit)  # a circuit that ended (or never was here)
+            if found is None and ok.origin == self.node:
+                self._cancel_orphan(peer, ok.purpose, ok.create_id)
             return
         c, side = found
         absolute = tuple(weights) if weights is not None else _werner_abs(ok)
@@ -639,9 +647,9 @@ class CircuitCore:
         return (c.swaps_by_up if side is Side.UP else c.swaps_by_down).get(seq)
 
     def _trim(self, c: Circuit, side: Side, now: int) -> None:
-        """An intermediate node or the tail holds at most ``window`` unswapped pairs a side."""
+        """An intermediate node holds at most ``hold_limit`` unswapped pairs a side."""
         pairs = c.pairs(side)
-        while len(pairs) > self.config.window:
+        while len(pairs) > self.config.hold_limit:
             seq = next(iter(pairs))
             self.counters["window_discards"] += 1
             self._discarded(c, side, seq, now, announce=True)
@@ -724,6 +732,17 @@ class CircuitCore:
 
     def _emit_closed(self, c: Circuit, code: CloseCode, node: str, reason: str) -> None:
         self._out.append(CircuitClosed(c.id, code, node, reason, c.delivered))
+
+    def _cancel_orphan(self, peer: str, purpose: int, create_id: int) -> None:
+        """A request of ours still delivers for a circuit that is gone (its cancel was lost,
+        say, while the link was down): a stream request would otherwise run forever."""
+        key = (peer, create_id)
+        if key in self._orphans:
+            return
+        if len(self._orphans) > 1024:
+            self._orphans.clear()
+        self._orphans.add(key)
+        self._out.append(LinkCancel(peer, purpose, create_id))
 
     # -- helpers ---------------------------------------------------------------------------------
 

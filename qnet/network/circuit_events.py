@@ -218,10 +218,12 @@ class LinkCreate(CircuitCommand):
 
 @dataclass(frozen=True, slots=True)
 class LinkCancel(CircuitCommand):
-    """Stop the link-layer requests this node made with ``purpose`` towards ``peer``."""
+    """Stop the link-layer requests this node made with ``purpose`` towards ``peer`` (the
+    latest one, or request ``create_id`` when given)."""
 
     peer: str
     purpose: int
+    create_id: int | None = None
 
 
 # -- deliveries -------------------------------------------------------------------------------

@@ -31,9 +31,10 @@ Routes. SPF (``routing_spf``) runs over the database whenever its content change
 F = F₁F₂ + (1 − F₁)(1 − F₂)/3, only two-way links, deterministic tie-break, so nodes with the
 same database agree and forwarding has no loops.
 
-Convergence (``route`` answers). A node has its first full table once it has waited one dead
-interval since ``start`` (every live neighbour has said hello by then) and has synchronised its
-database with every UP neighbour (it holds every advert each described). Before, ``route``
+Convergence (``route`` answers). A node has its first full table once it has waited the
+startup wait since ``start`` (``RoutingConfig.startup_ns``: one dead interval unless set; every
+live neighbour has said hello by then) and has synchronised its database with every UP
+neighbour (it holds every advert each described). Before, ``route``
 raises ``NotConverged``; after, a missing destination raises ``Unreachable``.
 
 Convergence bound. Let d be the largest one-way delay of a routing message over one link
@@ -259,7 +260,7 @@ class RoutingCore:
             self._expiry_ns = min((e.expiry(self.config.max_age_ns) for e in others), default=-1)
         if self._expiry_ns >= 0:
             times.append(self._expiry_ns)
-        wait_until = self._started_ns + self.config.dead_interval_ns
+        wait_until = self._started_ns + self.config.startup_ns
         if self._converged_at is None and self._now < wait_until:
             times.append(wait_until)
         return min(times)
@@ -282,7 +283,7 @@ class RoutingCore:
         if destination == self.node:
             raise InvalidArgument(f"{destination!r} is this node: it needs no route")
         if self._converged_at is None:
-            not_before = (self._started_ns or 0) + self.config.dead_interval_ns
+            not_before = (self._started_ns or 0) + self.config.startup_ns
             raise NotConverged(
                 f"routing has not converged yet, so there is no answer for {destination!r}"
                 " (try again shortly)",
@@ -480,7 +481,7 @@ class RoutingCore:
             self._recompute()
         if self._converged_at is None:
             assert self._started_ns is not None
-            waited = now >= self._started_ns + self.config.dead_interval_ns
+            waited = now >= self._started_ns + self.config.startup_ns
             up = [n for n in self._nbrs.values() if n.state is NeighbourState.UP]
             if waited and all(n.synced for n in up):
                 self._converged_at = now

@@ -27,6 +27,15 @@ class RoutingConfig:
     #: Links are costed at the rate that reaches this fidelity (``routing_spf.link_metrics``);
     #: a link advertised below it is not used.
     fidelity_threshold: float = 0.8
+    #: How long after ``start`` a node listens before its first table is final (every live
+    #: neighbour has said hello by then); None: one dead interval. Two hello intervals are
+    #: enough for that, and a dead interval sized to ride out a busy daemon would only delay
+    #: the first routes.
+    startup_wait_ns: int | None = None
+
+    @property
+    def startup_ns(self) -> int:
+        return self.dead_interval_ns if self.startup_wait_ns is None else self.startup_wait_ns
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,6 +52,9 @@ class RoutingConfig:
             raise InvalidArgument("dead_interval_ns must exceed hello_interval_ns")
         if self.advert_refresh_ns >= self.max_age_ns:
             raise InvalidArgument("advert_refresh_ns must be below max_age_ns")
+        wait = self.startup_wait_ns
+        if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int) or wait <= 0):
+            raise InvalidArgument(f"startup_wait_ns must be a positive integer, got {wait!r}")
         threshold = self.fidelity_threshold
         if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
             raise InvalidArgument(f"fidelity_threshold must be in [0, 1], got {threshold!r}")
@@ -51,4 +63,4 @@ class RoutingConfig:
 def convergence_bound_ns(config: RoutingConfig, hops: int, max_delay_ns: int) -> int:
     """D + (k + 5)·d: the bound of the module docstring, for k = ``hops`` and d =
     ``max_delay_ns``, without message loss."""
-    return config.dead_interval_ns + (hops + 5) * max_delay_ns
+    return max(config.dead_interval_ns, config.startup_ns) + (hops + 5) * max_delay_ns

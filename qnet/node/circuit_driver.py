@@ -259,6 +259,8 @@ class NodeCircuits:
                 self._link_create(out.request)
             elif isinstance(out, LinkCancel):
                 create_id = self._requests.pop((out.peer, out.purpose), None)
+                if out.create_id is not None:
+                    create_id = out.create_id
                 if create_id is not None:
                     self._cancel(out.peer, create_id)
             else:

@@ -43,6 +43,7 @@ def routing_config(spec: RoutingSpec, time_scale: float) -> RoutingConfig:
         advert_refresh_ns=max(1, min(physical(_DEFAULTS.advert_refresh_ns), max_age // 2)),
         max_age_ns=max(max_age, 2),
         fidelity_threshold=spec.fidelity_threshold,
+        startup_wait_ns=2 * hello,
     )
 
 

@@ -147,10 +147,10 @@ class RoutingSpec:
     ``qnet.sim``); a daemon converts them to physical time with the backend's time scale.
     """
 
-    hello_interval_ms: float = 100.0
+    hello_interval_ms: float = 200.0
     #: A neighbour silent this long is down; must exceed the hello interval (a few of them
     #: ride out a lost hello or a busy daemon).
-    dead_interval_ms: float = 400.0
+    dead_interval_ms: float = 900.0
     #: Unacknowledged adverts and database requests are resent this often.
     retransmit_interval_ms: float = 100.0
     #: Links are costed at the rate reaching this fidelity; links below it are not used.

@@ -168,7 +168,7 @@ def test_everything_has_a_default() -> None:
     assert top == Topology("qnet", nodes=(NodeSpec("solo"),))
     assert (top.seed, top.time_scale, top.max_group_qubits, top.links) == (0, 1.0, 10, ())
     assert top.channel == EndpointSpec("127.0.0.1", 0)
-    assert top.routing == RoutingSpec(100.0, 400.0, 100.0, 0.8)
+    assert top.routing == RoutingSpec(200.0, 900.0, 100.0, 0.8)
 
 
 def test_network_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
@@ -525,8 +525,8 @@ def test_routing_settings() -> None:
         ("fidelity_threshold = true", 2, "fidelity_threshold", "must be a number, got boolean"),
         ('hello_interval_ms = "1s"', 2, "hello_interval_ms", "must be a number, got string"),
         # Each alone is in range; together they break dead > hello, blamed on what is set.
-        ("hello_interval_ms = 500", 2, "hello_interval_ms", "must exceed hello_interval_ms (500)"),
-        ("\ndead_interval_ms = 80", 3, "dead_interval_ms", "dead_interval_ms (80) must exceed"),
+        ("hello_interval_ms = 2000", 2, "hello_interval_ms", "must exceed hello_interval_ms (2000)"),
+        ("\ndead_interval_ms = 200", 3, "dead_interval_ms", "dead_interval_ms (200) must exceed"),
         ("hello_ms = 5", 2, "hello_ms", "did you mean 'hello_interval_ms'?"),
     ],
 )
