@@ -525,7 +525,12 @@ def test_routing_settings() -> None:
         ("fidelity_threshold = true", 2, "fidelity_threshold", "must be a number, got boolean"),
         ('hello_interval_ms = "1s"', 2, "hello_interval_ms", "must be a number, got string"),
         # Each alone is in range; together they break dead > hello, blamed on what is set.
-        ("hello_interval_ms = 2000", 2, "hello_interval_ms", "must exceed hello_interval_ms (2000)"),
+        (
+            "hello_interval_ms = 2000",
+            2,
+            "hello_interval_ms",
+            "must exceed hello_interval_ms (2000)",
+        ),
         ("\ndead_interval_ms = 200", 3, "dead_interval_ms", "dead_interval_ms (200) must exceed"),
         ("hello_ms = 5", 2, "hello_ms", "did you mean 'hello_interval_ms'?"),
     ],

@@ -1,0 +1,65 @@
+"""Settings of the transport core (times in ns of the clock the driver passes as ``now``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qnet.errors import InvalidArgument
+
+_MS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    #: Pairs of the epr stream an end holds for its application ahead of its ``epr`` calls.
+    pair_window: int = 4
+    #: Bytes of complete messages an end buffers for its application ahead of ``recv``.
+    data_window_bytes: int = 256 * 1024
+    #: Largest message piece in one record (well below a network datagram's 1 MiB).
+    segment_bytes: int = 8 * 1024
+    #: Records a direction may have sent and not yet had acknowledged.
+    max_in_flight: int = 64
+    #: Retransmission timeout before any round trip was measured (RFC 6298's initial RTO,
+    #: scaled to a network whose round trips are milliseconds, not a WAN's hundreds of them).
+    initial_rto_ns: int = 200 * _MS
+    min_rto_ns: int = 1 * _MS
+    max_rto_ns: int = 2_000 * _MS
+    #: A record unacknowledged this long since it was first sent ends the connection (Timeout).
+    give_up_ns: int = 15_000 * _MS
+    #: Connect → established (both ends), including the circuit's setup.
+    handshake_timeout_ns: int = 10_000 * _MS
+    #: Nothing heard from the peer for this long ends the connection (Timeout); 0: never. A
+    #: connection whose circuit streams pairs hears its peer's pair uses and acknowledgements.
+    idle_timeout_ns: int = 0
+    #: TIME_WAIT: how long a closed connection still answers its peer's retransmissions.
+    linger_ns: int = 1_000 * _MS
+    #: Pairs of a circuit no connection claimed yet (its HandshakeAck is late) are kept this
+    #: long, then freed and the circuit closed.
+    orphan_timeout_ns: int = 10_000 * _MS
+    #: Established connections a listener keeps for ``accept`` (plus those handshaking).
+    backlog: int = 16
+    #: Out-of-order records named in one Ack.
+    max_selective: int = 16
+
+    def check(self) -> None:
+        for name in (
+            "pair_window",
+            "data_window_bytes",
+            "segment_bytes",
+            "max_in_flight",
+            "initial_rto_ns",
+            "min_rto_ns",
+            "max_rto_ns",
+            "give_up_ns",
+            "handshake_timeout_ns",
+            "linger_ns",
+            "orphan_timeout_ns",
+            "backlog",
+            "max_selective",
+        ):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"TransportConfig.{name} must be > 0")
+        if self.idle_timeout_ns < 0:
+            raise InvalidArgument("TransportConfig.idle_timeout_ns must be ≥ 0")
+        if not self.min_rto_ns <= self.max_rto_ns:
+            raise InvalidArgument("TransportConfig: min_rto_ns must not exceed max_rto_ns")

@@ -1,0 +1,471 @@
+"""A connection's end-to-end pairs: who uses which pair, the epr and measure-directly streams,
+teleportation, and flow control by the ends' windows.
+
+Pairs come from the connection's circuit with an index each, the same at both ends. The
+accepting end (the circuit's tail, which holds every pair before the connecting end does) is
+the *allocator*: it decides each index's ``PairUse`` in index order as the pair arrives, and
+tells the connecting end (the *follower*) in ``PairUses`` records. The follower holds a pair
+until it knows its use, and remembers a use until its pair arrives. So both ends agree on
+every pair without a round trip per pair, and the epr stream's k-th pair is the same at both.
+
+The allocator chooses, for each pair, in this order: a qubit the follower wants to teleport
+(the follower's ``PairDemand.teleports``), one of its own, a measure-directly slot both ends
+asked for, the epr stream if both ends have room (the follower's ``epr_limit`` = pairs its
+application took + its window; the allocator's own window), else RELEASE: both ends free it.
+Flow control therefore bounds what each end holds for its application by its window; the
+circuit keeps streaming and the surplus is freed at once.
+
+Teleportation: a qubit waits in ``sends`` until a pair assigned to its direction is here (a
+confirmed pair); then ``BellMeasure``; the outcomes go as a ``Teleport`` record, in the order
+of the ``send_qubit`` calls; the receiver applies ``Correct`` and delivers its half.
+
+When an output closes the allocator ends the epr and measure-directly streams (``PairsEnd``,
+after every EPR/MEASURE use it gave); calls those streams can no longer serve are answered
+with ``PairsEnded``. Teleportation goes on while an output is open. Once both ``Fin``s are out
+(ours is queued only after our last teleport's bits, the peer's arrived after its last) no use
+but RELEASE can follow: the allocator stops telling uses and both ends free pairs as they come
+(``close_uses``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qnet.errors import ProtocolError
+from qnet.physical.gates import Basis
+from qnet.transport.events import (
+    BellMeasure,
+    ConnId,
+    Correct,
+    EprPair,
+    Free,
+    MeasuredPair,
+    MeasurePair,
+    Output,
+    PairsEnded,
+    PairUse,
+    QubitReceived,
+    QubitSent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPair:
+    index: int
+    qubit: int
+    fidelity: float
+
+
+@dataclass(frozen=True, slots=True)
+class _BellPending:
+    number: int
+    index: int
+    qubit: int
+
+
+@dataclass(frozen=True, slots=True)
+class _MeasurePending:
+    slot: int
+    index: int
+    basis: Basis
+
+
+@dataclass(frozen=True, slots=True)
+class _BellDone:
+    index: int
+    qubit: int
+    #: (x, z) to send, or None if the measurement failed.
+    bits: tuple[int, int] | None
+
+
+class PairStream:
+    def __init__(
+        self,
+        conn: ConnId,
+        *,
+        allocator: bool,
+        window: int,
+        peer_epr_limit: int,
+        out: list[Output],
+        new_tag: Callable[[], int],
+        new_measure_tag: Callable[[], int],
+    ) -> None:
+        """``new_tag`` numbers commands nobody answers; ``new_measure_tag`` those answered by
+        ``on_measured`` (the core routes those answers back here)."""
+        self.conn = conn
+        self.allocator = allocator
+        self.window = window
+        self._out = out
+        self._new_tag = new_tag
+        self._new_measure_tag = new_measure_tag
+        self.mine = PairUse.FROM_ACCEPTOR if allocator else PairUse.FROM_CONNECTOR
+        self.theirs = PairUse.FROM_CONNECTOR if allocator else PairUse.FROM_ACCEPTOR
+        #: Pairs here and not consumed, by index; and the uses known for unconsumed indices.
+        self.held: dict[int, HeldPair] = {}
+        self.use_of: dict[int, PairUse] = {}
+        #: Allocator: pairs that came before a lower index (decided in index order).
+        self.early: dict[int, HeldPair] = {}
+        #: Allocator: next index to decide. Follower: next index a PairUses must start at.
+        self.next_index = 0
+        # epr stream: indices in stream order, not yet given; calls not yet answered.
+        self.epr_queue: deque[int] = deque()
+        self.epr_wanted = 0
+        self.epr_given = 0
+        self.epr_assigned = 0
+        # measure-directly stream: the basis of every slot the application asked for.
+        self.measure_bases: list[Basis] = []
+        self.measures_requested = 0
+        self.measures_assigned = 0
+        self.measure_slot: dict[int, int] = {}  # index → slot, assigned and not measured yet
+        self.measure_results: dict[int, MeasuredPair] = {}
+        self.measures_delivered = 0
+        # teleportation, this end sending: qubits waiting for a pair, and pairs for them.
+        self.sends: deque[int] = deque()
+        self.sends_requested = 0
+        self.sends_started = 0
+        self.my_pairs: deque[int] = deque()
+        self.bell_done: dict[int, _BellDone] = {}
+        self.sends_reported = 0
+        # teleportation, this end receiving: Teleport records waiting for their pair.
+        self.incoming: deque[tuple[int, int, int]] = deque()
+        self.received = 0
+        self.teleports_lost = 0
+        self.tags: dict[int, _BellPending | _MeasurePending] = {}
+        #: No more EPR/MEASURE uses; no use but RELEASE at all.
+        self.ended = False
+        self.uses_closed = False
+        #: The circuit is closed or closing: a pair still in flight is freed on arrival.
+        self.circuit_closed = False
+        # The allocator's view of the follower's demand.
+        self.peer_epr_limit = peer_epr_limit
+        self.peer_measures = 0
+        self.peer_teleports = 0
+        self.peer_teleports_assigned = 0
+        # Allocator output for the connection to send: uses from ``uses_first`` on; whether
+        # PairsEnd is due. Both ends: Teleport bits, in send order.
+        self.uses_out: list[int] = []
+        self.uses_first = 0
+        self.pairs_end_due = False
+        self.teleports_out: list[tuple[int, int, int]] = []
+
+    # -- the application -------------------------------------------------------------------------
+
+    def want_epr(self) -> None:
+        self.epr_wanted += 1
+        self._progress()
+        self._check_ended()
+
+    def want_measures(self, count: int, basis: Basis) -> None:
+        self.measure_bases.extend([basis] * count)
+        self.measures_requested += count
+        self._check_ended()
+
+    def send_qubit(self, qubit: int) -> None:
+        self.sends.append(qubit)
+        self.sends_requested += 1
+        self._progress()
+
+    def demand(self) -> tuple[int, int, int]:
+        """The follower's PairDemand: epr limit, measure slots and teleports asked for."""
+        # Counts only grow (slots the ended stream will not serve still count, so that the
+        # demand the allocator sees never goes down).
+        return (self.epr_given + self.window, self.measures_requested, self.sends_requested)
+
+    # -- pairs -----------------------------------------------------------------------------------
+
+    def on_pair(self, pair: HeldPair) -> None:
+        index = pair.index
+        if self.circuit_closed or (self.allocator and self.uses_closed):
+            self._free((pair.qubit,))  # nobody can use it any more
+            return
+        if index in self.held or index in self.early:
+            self._free((pair.qubit,))
+            raise ProtocolError(f"pair {index} of connection {self.conn} delivered twice")
+        if self.allocator:
+            if index < self.next_index:
+                self._free((pair.qubit,))
+                raise ProtocolError(f"pair {index} of connection {self.conn} delivered twice")
+            self.early[index] = pair
+            while self.next_index in self.early:
+                self._decide(self.early.pop(self.next_index))
+                self.next_index += 1
+            self._progress()
+            return
+        use = self.use_of.get(index)
+        if use is None and (self.uses_closed or index < self.next_index):
+            # Both outputs closed: nothing but RELEASE can come for it. (Below next_index and
+            # without a use, it was consumed before: a second delivery.)
+            self._free((pair.qubit,))
+            if not self.uses_closed:
+                raise ProtocolError(f"pair {index} of connection {self.conn} delivered twice")
+            return
+        self.held[index] = pair
+        if use is not None:
+            self._settle(index)
+        self._progress()
+
+    def _decide(self, pair: HeldPair) -> None:
+        if self.uses_closed:
+            self._free((pair.qubit,))
+            return
+        use = self._choose()
+        if not self.uses_out:
+            self.uses_first = pair.index
+        self.uses_out.append(use.value)
+        self.held[pair.index] = pair
+        self._assign(pair.index, use)
+
+    def _choose(self) -> PairUse:
+        if self.peer_teleports > self.peer_teleports_assigned:
+            return self.theirs
+        if len(self.sends) > len(self.my_pairs):
+            return self.mine
+        if not self.ended:
+            if min(len(self.measure_bases), self.peer_measures) > self.measures_assigned:
+                return PairUse.MEASURE
+            if self.epr_assigned < self.peer_epr_limit and len(self.epr_queue) < self.window:
+                return PairUse.EPR
+        return PairUse.RELEASE
+
+    def on_uses(self, first_index: int, uses: tuple[int, ...]) -> None:
+        """Follower: the allocator's uses of ``first_index`` onwards."""
+        if self.allocator:
+            raise ProtocolError("the connecting end does not assign pair uses")
+        if first_index != self.next_index:
+            raise ProtocolError(f"pair uses from {first_index}, expected {self.next_index}")
+        for offset, value in enumerate(uses):
+            try:
+                use = PairUse(value)
+            except ValueError:
+                raise ProtocolError(f"unknown pair use {value!r}") from None
+            self._check_use(use)
+            self._assign(first_index + offset, use)
+        self.next_index += len(uses)
+        self._progress()
+
+    def _check_use(self, use: PairUse) -> None:
+        if self.uses_closed and use is not PairUse.RELEASE:
+            raise ProtocolError(f"pair use {use.name} after both outputs closed")
+        if use in (PairUse.EPR, PairUse.MEASURE) and self.ended:
+            raise ProtocolError(f"pair use {use.name} after PairsEnd")
+        if use is PairUse.MEASURE and self.measures_assigned >= len(self.measure_bases):
+            raise ProtocolError("a measure-directly pair nobody asked for")
+        if use is self.mine and len(self.my_pairs) >= len(self.sends):
+            raise ProtocolError("a teleportation pair for a qubit nobody sends")
+
+    def _assign(self, index: int, use: PairUse) -> None:
+        self.use_of[index] = use
+        if use is PairUse.EPR:
+            self.epr_queue.append(index)
+            self.epr_assigned += 1
+        elif use is PairUse.MEASURE:
+            self.measure_slot[index] = self.measures_assigned
+            self.measures_assigned += 1
+        elif use is self.mine:
+            self.my_pairs.append(index)
+        elif use is self.theirs:
+            self.peer_teleports_assigned += 1
+        self._settle(index)
+
+    def _settle(self, index: int) -> None:
+        """Act at once on a pair whose use and qubit are both known, where the use says so."""
+        pair = self.held.get(index)
+        use = self.use_of.get(index)
+        if pair is None or use is None:
+            return
+        if use is PairUse.RELEASE:
+            self._consume(index)
+            self._free((pair.qubit,))
+        elif use is PairUse.MEASURE:
+            self._consume(index)
+            slot = self.measure_slot.pop(index)
+            tag = self._new_measure_tag()
+            basis = self.measure_bases[slot]
+            self.tags[tag] = _MeasurePending(slot, index, basis)
+            self._out.append(MeasurePair(tag, pair.qubit, basis))
+
+    def _consume(self, index: int) -> HeldPair:
+        self.use_of.pop(index, None)
+        return self.held.pop(index)
+
+    def _progress(self) -> None:
+        while self.epr_wanted and self.epr_queue and self.epr_queue[0] in self.held:
+            pair = self._consume(self.epr_queue.popleft())
+            self.epr_wanted -= 1
+            self._out.append(
+                EprPair(self.conn, self.epr_given, pair.index, pair.qubit, pair.fidelity)
+            )
+            self.epr_given += 1
+        while self.sends and self.my_pairs and self.my_pairs[0] in self.held:
+            pair = self._consume(self.my_pairs.popleft())
+            qubit = self.sends.popleft()
+            tag = self._new_measure_tag()
+            self.tags[tag] = _BellPending(self.sends_started, pair.index, qubit)
+            self.sends_started += 1
+            self._out.append(BellMeasure(tag, qubit, pair.qubit))
+        while self.incoming and self.incoming[0][0] in self.held:
+            index, x, z = self.incoming.popleft()
+            pair = self._consume(index)
+            if x < 0:
+                self.teleports_lost += 1
+                self._free((pair.qubit,))
+                continue
+            self._out.append(Correct(self._new_tag(), pair.qubit, x, z))
+            self._out.append(QubitReceived(self.conn, self.received, pair.qubit))
+            self.received += 1
+
+    # -- from the peer ---------------------------------------------------------------------------
+
+    def on_demand(self, epr_limit: int, measures: int, teleports: int) -> None:
+        """Allocator: the follower's cumulative demand (never decreasing)."""
+        if not self.allocator:
+            raise ProtocolError("the accepting end does not send pair demand")
+        if epr_limit < self.peer_epr_limit or measures < self.peer_measures:
+            raise ProtocolError("pair demand went down")
+        if teleports < self.peer_teleports:
+            raise ProtocolError("pair demand went down")
+        self.peer_epr_limit, self.peer_measures, self.peer_teleports = (
+            epr_limit,
+            measures,
+            teleports,
+        )
+
+    def on_teleport(self, index: int, x: int, z: int) -> None:
+        waiting = any(i == index for i, _, _ in self.incoming)
+        if self.use_of.get(index) is not self.theirs or waiting:
+            raise ProtocolError(f"Teleport on pair {index}, which is not for a teleport to here")
+        if (x, z) != (-1, -1) and (x not in (0, 1) or z not in (0, 1)):
+            raise ProtocolError(f"Teleport bits ({x}, {z}) are not bits")
+        self.incoming.append((index, x, z))
+        self._progress()
+
+    def on_pairs_end(self) -> None:
+        if self.allocator or self.ended:
+            raise ProtocolError("PairsEnd from the accepting end only, once")
+        self.ended = True
+        self._check_ended()
+
+    # -- physical results ------------------------------------------------------------------------
+
+    def on_measured(self, tag: int, outcomes: tuple[int, ...]) -> None:
+        pending = self.tags.pop(tag)
+        ok = bool(outcomes) and all(o in (0, 1) for o in outcomes)
+        if isinstance(pending, _MeasurePending):
+            outcome = outcomes[0] if ok and len(outcomes) == 1 else -1
+            self.measure_results[pending.slot] = MeasuredPair(
+                self.conn, pending.slot, pending.index, pending.basis, outcome
+            )
+            while self.measures_delivered in self.measure_results:
+                self._out.append(self.measure_results.pop(self.measures_delivered))
+                self.measures_delivered += 1
+            return
+        # Outcome of the qubit gives Z, of the pair half gives X (standard teleportation).
+        bits = (outcomes[1], outcomes[0]) if ok and len(outcomes) == 2 else None
+        self.bell_done[pending.number] = _BellDone(pending.index, pending.qubit, bits)
+        # Bits go out in the order of the send_qubit calls, so the k-th qubit received is
+        # the k-th sent even if results come back out of order.
+        while self.sends_reported in self.bell_done:
+            done = self.bell_done.pop(self.sends_reported)
+            x, z = done.bits if done.bits is not None else (-1, -1)
+            self.teleports_out.append((done.index, x, z))
+            self._out.append(
+                QubitSent(self.conn, self.sends_reported, done.qubit, done.bits is not None)
+            )
+            self.sends_reported += 1
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def end(self) -> None:
+        """Allocator: an output closed; the epr and measure-directly streams end."""
+        if self.allocator and not self.ended:
+            self.ended = True
+            self.pairs_end_due = True
+            self._check_ended()
+
+    def _check_ended(self) -> None:
+        """Answer the calls the ended streams can no longer serve (the newest ones)."""
+        if not self.ended:
+            return
+        lost_epr = max(0, self.epr_wanted - len(self.epr_queue))
+        lost_slots = max(0, len(self.measure_bases) - self.measures_assigned)
+        if lost_epr or lost_slots:
+            self.epr_wanted -= lost_epr
+            del self.measure_bases[self.measures_assigned :]
+            self._out.append(PairsEnded(self.conn, lost_epr, lost_slots))
+
+    def circuit_gone(self) -> None:
+        """The circuit closed (or is closing) when nothing waited on it: pairs not here never
+        will be, so the streams end and what counted on them is answered."""
+        self.ended = True
+        self.circuit_closed = True
+        for index in [i for i in self.use_of if i not in self.held]:
+            del self.use_of[index]
+        self.epr_queue = deque(i for i in self.epr_queue if i in self.held)
+        self._check_ended()
+
+    def close_uses(self) -> None:
+        """Both Fins are out: only RELEASE can follow, so free pairs without a use."""
+        self.uses_closed = True
+        for index in [i for i in self.held if i not in self.use_of]:
+            self._free((self.held.pop(index).qubit,))
+        self._free(tuple(p.qubit for p in self.early.values()))
+        self.early.clear()
+
+    @property
+    def sending_done(self) -> bool:
+        """Every qubit handed to ``send_qubit`` went out (its bits queued), so a Fin may
+        follow."""
+        return not (
+            self.sends
+            or self.bell_done
+            or self.teleports_out
+            or any(isinstance(p, _BellPending) for p in self.tags.values())
+        )
+
+    @property
+    def busy(self) -> bool:
+        """Something is still owed to this end's application or to the peer."""
+        return bool(
+            self.incoming
+            or (self.epr_wanted and self.epr_queue)
+            or self.measure_slot
+            or self.measure_results
+            or self.tags
+            or self.bell_done
+            or self.sends
+        )
+
+    def release_all(self) -> tuple[tuple[int, ...], int]:
+        """The connection failed: free every pair; returns the qubits handed to ``send_qubit``
+        that were never touched, and how many were being or had been Bell-measured without
+        their bits sent (lost)."""
+        self._free(tuple(p.qubit for p in self.held.values()))
+        self._free(tuple(p.qubit for p in self.early.values()))
+        returned = tuple(self.sends)
+        lost = sum(isinstance(p, _BellPending) for p in self.tags.values()) + len(self.bell_done)
+        self.held.clear()
+        self.early.clear()
+        self.use_of.clear()
+        self.sends.clear()
+        self.bell_done.clear()
+        self.tags.clear()
+        self.epr_queue.clear()
+        self.my_pairs.clear()
+        self.incoming.clear()
+        self.measure_slot.clear()
+        self.measure_results.clear()
+        return returned, lost
+
+    def held_qubits(self) -> list[int]:
+        """Every qubit this stream is responsible for (pairs and qubits waiting to be sent)."""
+        return (
+            [p.qubit for p in self.held.values()]
+            + [p.qubit for p in self.early.values()]
+            + list(self.sends)
+        )
+
+    def _free(self, qubits: tuple[int, ...]) -> None:
+        if qubits:
+            self._out.append(Free(self._new_tag(), qubits))

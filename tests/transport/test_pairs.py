@@ -1,0 +1,235 @@
+"""Pair streams: epr order and flow control, measure-directly streams, teleportation."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qnet.errors import Unreachable
+from qnet.network.circuit_events import CloseCode
+from qnet.physical.gates import Basis
+from qnet.transport.events import (
+    BellMeasure,
+    Closed,
+    Correct,
+    EprPair,
+    Error,
+    MeasuredPair,
+    MeasurePair,
+    PairDemand,
+    PairsEnded,
+    PairUse,
+    PairUses,
+    QubitReceived,
+    QubitSent,
+    Teleport,
+)
+from tests.transport.harness import CONFIG, MS, A, B, Faults, Holder, Net, established
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    counts=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    loss=st.sampled_from([0.0, 0.2]),
+    seed=st.integers(0, 2**16),
+)
+def test_kth_epr_pair_is_the_same_pair_at_both_ends(
+    counts: tuple[int, int], loss: float, seed: int
+) -> None:
+    net = Net(seed=seed, faults=Faults(loss=loss, jitter_ns=3 * MS))
+    a, b = established(net)
+    n = min(counts)
+    for _ in range(counts[0]):
+        net.do(A, lambda core, now: core.epr(a, now))
+    for _ in range(counts[1]):
+        net.do(B, lambda core, now: core.epr(b, now))
+    net.run_until(lambda: len(net.of(A, EprPair)) >= n and len(net.of(B, EprPair)) >= n)
+    net.run(50 * MS)
+    got_a, got_b = net.of(A, EprPair), net.of(B, EprPair)
+    assert [e.number for e in got_a] == list(range(len(got_a)))
+    assert [e.index for e in got_a[:n]] == [e.index for e in got_b[:n]]
+    assert [e.index for e in got_a] == sorted(e.index for e in got_a)
+    for e in got_a + got_b:  # each half is one of the pair the ledger says
+        assert net.ledger.qubits[e.qubit].content[2] == e.index
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_pairs_beyond_the_windows_are_released() -> None:
+    net = Net(seed=1)
+    a, b = established(net)
+    net.run(200 * MS)  # ~100 pairs stream in; nobody asks for any
+    for node in (A, B):
+        assert len(net.cores[node].held_qubits()) <= CONFIG.pair_window + 1
+    uses = [u for m in net.sent[B] if isinstance(m, PairUses) for u in m.uses]
+    assert uses.count(PairUse.EPR.value) == CONFIG.pair_window
+    assert uses.count(PairUse.RELEASE.value) > 50
+    # Taking pairs opens the connector's window again (its PairDemand raises the limit).
+    for _ in range(5):
+        net.do(A, lambda core, now: core.epr(a, now))
+        net.do(B, lambda core, now: core.epr(b, now))
+    net.run(100 * MS)
+    assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)]
+    assert len(net.of(A, EprPair)) == 5
+    assert any(isinstance(m, PairDemand) and m.epr_limit >= 8 for m in net.sent[A])
+    net.check_ledger()
+
+
+def test_measure_directly_outcomes_agree_in_order() -> None:
+    net = Net(seed=2, faults=Faults(loss=0.2, jitter_ns=2 * MS))
+    a, b = established(net)
+    net.do(A, lambda core, now: core.epr_measure(a, 6, Basis.Z, now))
+    net.do(B, lambda core, now: core.epr_measure(b, 4, Basis.Z, now))
+    net.do(B, lambda core, now: core.epr_measure(b, 2, Basis.X, now))
+    net.run_until(lambda: len(net.of(A, MeasuredPair)) == 6 == len(net.of(B, MeasuredPair)))
+    got_a, got_b = net.of(A, MeasuredPair), net.of(B, MeasuredPair)
+    assert [e.number for e in got_a] == list(range(6)) == [e.number for e in got_b]
+    assert [e.index for e in got_a] == [e.index for e in got_b]
+    assert [e.outcome for e in got_a] == [e.outcome for e in got_b]  # the fake: same outcome
+    assert [e.basis for e in got_b] == [Basis.Z] * 4 + [Basis.X] * 2
+    # Measured on arrival: no pair waited for an epr call or was held for it.
+    measured = [c for c in net.commands[A] if isinstance(c, MeasurePair)]
+    assert len(measured) == 6
+    net.check_ledger()
+
+
+def _teleport(net: Net, sender: str, conn: int, label: str) -> int:
+    qubit = net.app_qubit(sender, label)
+    net.send_qubit(sender, conn, qubit)
+    return qubit
+
+
+def test_teleport_both_ways_delivers_the_content_in_order() -> None:
+    net = Net(seed=3, faults=Faults(loss=0.2, duplicate=0.1, jitter_ns=3 * MS))
+    a, b = established(net)
+    sent_a = [_teleport(net, A, a, f"a{i}") for i in range(4)]
+    sent_b = [_teleport(net, B, b, f"b{i}") for i in range(3)]
+    net.run_until(lambda: len(net.of(B, QubitReceived)) == 4 and len(net.of(A, QubitReceived)) == 3)
+    labels_at_b = [net.ledger.qubits[e.qubit].content for e in net.of(B, QubitReceived)]
+    labels_at_a = [net.ledger.qubits[e.qubit].content for e in net.of(A, QubitReceived)]
+    assert labels_at_b == [f"a{i}" for i in range(4)]
+    assert labels_at_a == [f"b{i}" for i in range(3)]
+    assert [e.qubit for e in net.of(A, QubitSent)] == sent_a
+    assert [e.qubit for e in net.of(B, QubitSent)] == sent_b
+    assert all(e.ok for e in net.of(A, QubitSent) + net.of(B, QubitSent))
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_teleport_commands_come_in_order() -> None:
+    net = Net(seed=4)
+    a, _b = established(net)
+    qubit = _teleport(net, A, a, "psi")
+    # Not consumed before a confirmed pair: the connector must first learn a pair's use.
+    assert not any(isinstance(c, BellMeasure) for c in net.commands[A])
+    assert qubit in net.cores[A].held_qubits()
+    net.run_until(lambda: bool(net.of(B, QubitReceived)))
+    [bell] = [c for c in net.commands[A] if isinstance(c, BellMeasure)]
+    assert bell.qubit == qubit
+    [use] = [
+        m for m in net.sent[B] if isinstance(m, PairUses) and PairUse.FROM_CONNECTOR.value in m.uses
+    ]
+    index = use.first_index + use.uses.index(PairUse.FROM_CONNECTOR.value)
+    assert net.ledger.qubits[bell.pair_qubit].content == (
+        "pair",
+        net.cores[A].connection(a).circuit,
+        index,
+    )
+    [bits] = [m for m in net.sent[A] if isinstance(m, Teleport)]
+    assert bits.index == index
+    # The receiver's Correct comes before its delivery, on the other half of that pair.
+    commands_b = net.commands[B]
+    correct = next(c for c in commands_b if isinstance(c, Correct))
+    assert (correct.x, correct.z) == (bits.x, bits.z)
+    [received] = net.of(B, QubitReceived)
+    assert received.qubit == correct.qubit
+    assert net.ledger.qubits[received.qubit].content == "psi"
+
+
+def test_connection_dying_before_the_pair_returns_the_qubit() -> None:
+    net = Net(seed=5)
+    a, _b = established(net)
+    net.pairs_flowing = False  # no pair will come: the qubit waits
+    net.run(10 * MS)
+    qubit = _teleport(net, A, a, "psi")
+    net.run(20 * MS)
+    net.break_circuit(CloseCode.UNREACHABLE)
+    net.run(20 * MS)
+    [error] = net.of(A, Error)
+    assert error.error is Unreachable
+    assert error.returned_qubits == (qubit,)
+    assert error.lost_qubits == 0
+    assert net.ledger.qubits[qubit].holder is Holder.APP  # the application's again
+    assert [e.error for e in net.of(B, Error)] == [Unreachable]
+    net.check_ledger()
+
+
+def test_connection_dying_mid_teleport_reports_the_lost_qubit_at_both_ends() -> None:
+    # The Bell measurement takes 30 ms; the circuit breaks while it runs.
+    net = Net(seed=6, measure_delay_ns=30 * MS)
+    a, _b = established(net)
+    qubit = _teleport(net, A, a, "psi")
+    net.run_until(lambda: any(isinstance(c, BellMeasure) for c in net.commands[A]))
+    net.break_circuit(CloseCode.UNREACHABLE)
+    net.run(100 * MS)
+    [error] = net.of(A, Error)
+    assert error.returned_qubits == ()
+    assert error.lost_qubits == 1
+    assert net.ledger.qubits[qubit].holder is Holder.GONE  # measured, so freed
+    assert [e.error for e in net.of(B, Error)] == [Unreachable]
+    assert net.of(B, QubitReceived) == []
+    assert net.of(A, QubitSent) == []
+    assert net.cores[A].counters["late_results"] == 1  # the measurement came back late
+    net.check_ledger()
+    for node in (A, B):
+        assert net.cores[node].held_qubits() == []
+
+
+def test_failed_bell_measurement_loses_one_qubit_not_the_connection() -> None:
+    net = Net(seed=7)
+    a, b = established(net)
+    qubit = _teleport(net, A, a, "psi")
+    net.run_until(lambda: any(isinstance(c, BellMeasure) for c in net.commands[A]))
+    [bell] = [c for c in net.commands[A] if isinstance(c, BellMeasure)]
+    net._queue.clear()  # drop the fake's answer; answer "failed" instead
+    net.do(A, lambda core, now: core.on_measured(bell.tag, (), now))
+    assert net.of(A, QubitSent)[0].ok is False
+    assert net.of(A, QubitSent)[0].qubit == qubit
+    net.run(50 * MS)
+    assert net.of(B, QubitReceived) == []
+    assert net.cores[B].connection(b).pairs.teleports_lost == 1
+    assert net.cores[B].connection(b).pairs.incoming == deque_empty()
+
+
+def deque_empty() -> object:
+    from collections import deque
+
+    return deque()
+
+
+def test_closing_ends_the_pair_streams() -> None:
+    net = Net(seed=8)
+    a, b = established(net)
+    net.run(50 * MS)  # both windows fill with pairs of the epr stream
+    net.do(A, lambda core, now: core.close(a, now))
+    net.run(50 * MS)
+    net.do(B, lambda core, now: core.epr(b, now))
+    net.do(B, lambda core, now: core.epr(b, now))
+    # B's window held pairs of the epr stream before A closed; any pair past those is never
+    # coming, and those calls are answered at once.
+    held = CONFIG.pair_window
+    assert len(net.of(B, EprPair)) == 2
+    for _ in range(held):
+        net.do(B, lambda core, now: core.epr(b, now))
+    assert len(net.of(B, EprPair)) == held
+    assert net.of(B, PairsEnded) == [PairsEnded(b, 1, 0)] * 2  # one per call
+    # A, which closed its output, still takes the pairs it holds, and the same ones.
+    for _ in range(held + 1):
+        net.do(A, lambda core, now: core.epr(a, now))
+    assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)]
+    assert net.of(A, PairsEnded) == [PairsEnded(a, 1, 0)]
+    net.do(B, lambda core, now: core.close(b, now))
+    net.run_until(lambda: bool(net.of(A, Closed)) and bool(net.of(B, Closed)))
+    net.check_ledger()
+    for node in (A, B):
+        assert net.cores[node].held_qubits() == []
