@@ -185,6 +185,10 @@ class NodeCircuits:
         self.protocol_errors = 0
         #: Called after every change of the core's state (tests and status wait on these).
         self.listeners: list[Callable[[], None]] = []
+        #: (claims, take): incoming circuits a layer above claims (``claim_incoming``).
+        self._claimants: list[
+            tuple[Callable[[CircuitHandle], bool], Callable[[CircuitHandle], None]]
+        ] = []
 
     # -- service -------------------------------------------------------------------------------
 
@@ -203,8 +207,16 @@ class NodeCircuits:
 
     @property
     def incoming(self) -> trio.MemoryReceiveChannel[CircuitHandle]:
-        """Circuits that end at this node, as they are accepted."""
+        """Circuits that end at this node, as they are accepted, except those a claimant
+        took (``claim_incoming``)."""
         return self._incoming
+
+    def claim_incoming(
+        self, claims: Callable[[CircuitHandle], bool], take: Callable[[CircuitHandle], None]
+    ) -> None:
+        """Route the incoming circuits ``claims`` says are its own to ``take`` instead of
+        ``incoming`` (the transport layer takes those of its connections' handshakes)."""
+        self._claimants.append((claims, take))
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -285,6 +297,10 @@ class NodeCircuits:
             handle = CircuitHandle(self, event.circuit_id, event.path, event.path[0])
             handle.opened.set()
             self._handles[event.circuit_id] = handle
+            for claims, take in self._claimants:
+                if claims(handle):
+                    take(handle)
+                    return
             self._incoming_send.send_nowait(handle)
         elif isinstance(event, CircuitOpened):
             handle = self._handles[event.circuit_id]

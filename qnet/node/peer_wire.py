@@ -66,6 +66,8 @@ from qnet.network.routing_events import (
     RoutingHello,
     RoutingMessage,
 )
+from qnet.transport import events as transport_events
+from qnet.transport.events import TransportMessage
 from qnet.v1 import peer_pb2 as pb
 
 #: The Peer API version this implementation speaks (``PeerBatch.protocol_version``).
@@ -117,6 +119,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(RoutingMessage, routing_events.message_from_dict, "net_", range(64, 80)),
     Family(CircuitMessage, circuit_events.message_from_dict, "net_", range(80, 112)),
     Family(DatagramMessage, datagram.message_from_dict, "net_", range(112, 128)),
+    Family(TransportMessage, transport_events.message_from_dict, "tp_", range(128, 192)),
 )
 
 #: Every dataclass that crosses the Peer API, in the order of its case numbers.
@@ -144,6 +147,18 @@ WIRE_TYPES: tuple[type[WireMessage], ...] = (
     ChainDiscard,
     PairComplete,
     NetDatagram,
+    transport_events.Syn,
+    transport_events.SynAck,
+    transport_events.HandshakeAck,
+    transport_events.Reset,
+    transport_events.Ack,
+    transport_events.Segment,
+    transport_events.Fin,
+    transport_events.Window,
+    transport_events.PairDemand,
+    transport_events.PairUses,
+    transport_events.PairsEnd,
+    transport_events.Teleport,
 )
 
 _BODY_FIELDS: dict[str, FieldDescriptor] = {

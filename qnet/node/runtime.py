@@ -58,6 +58,7 @@ from qnet.node.circuit_driver import CircuitHandle, NodeCircuits
 from qnet.node.interfaces import ChannelAccess, PeerTransport
 from qnet.node.peer_wire import WireMessage
 from qnet.node.routing_driver import NodeRouting
+from qnet.node.transport_driver import NodeTransport
 from qnet.physical.events import HeraldEvent
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
@@ -158,6 +159,13 @@ class NodeRuntime:
         self.circuits.listeners.append(self._balance_memory)
         self.datagrams = DatagramCore(name, lambda destination: self.route(destination).next_hop)
         self._datagram_listeners: dict[int, trio.MemorySendChannel[DatagramReceived]] = {}
+        #: The transport layer's driver (connections between ports of any two nodes).
+        self.transport_layer = NodeTransport(
+            self, close_circuit=self.circuits.close, on_output=self._poke
+        )
+        self.circuits.claim_incoming(
+            self.transport_layer.claims, self.transport_layer.take_incoming
+        )
         #: Peer messages by family: the base class of a core's messages → who takes them.
         self._handlers: dict[type, Callable[[str, list[Any]], None]] = {
             PeerMessage: self._on_link_messages,
@@ -327,6 +335,7 @@ class NodeRuntime:
             for link in self._links.values():
                 nursery.start_soon(self._execute, link)
             await nursery.start(self.circuits.run)
+            await nursery.start(self.transport_layer.run)
             nursery.start_soon(self._timers)
             nursery.start_soon(self._pump_heralds, heralds)
             self.ready.set()
@@ -402,6 +411,7 @@ class NodeRuntime:
         """Routing or circuits changed: wake the timer task if they now need it sooner."""
         self._note_deadline(self.routing.next_deadline())
         self._note_deadline(self.circuits.next_deadline())
+        self._note_deadline(self.transport_layer.next_deadline())
 
     def _note_deadline(self, deadline: int | None) -> None:
         """Wake the timer task only for a deadline before the one it sleeps until: most
@@ -422,6 +432,9 @@ class NodeRuntime:
         deadline = self.circuits.next_deadline()
         if deadline is not None:
             out.append((deadline, self.circuits.on_timer))
+        deadline = self.transport_layer.next_deadline()
+        if deadline is not None:
+            out.append((deadline, self.transport_layer.on_timer))
         return out
 
     def _link_timer(self, link: _Link, now: int) -> None:

@@ -67,7 +67,8 @@ class PeerMessage(_message.Message):
       16 to 63    link layer: the EGP messages between the two ends of a link (Link*)
       64 to 127   network layer: 64 to 79 link-state routing, 80 to 111 circuits, swapping
                   and tracking, 112 to 127 datagrams between any two nodes
-      128 to 191  transport layer (connections, pair streams; not assigned yet)
+      128 to 191  transport layer: the messages between the transport cores at the two ends of
+                  a connection, carried end to end inside NetDatagram payloads (protocol 1)
 
     A receiver drops (and counts) a message whose case it does not know.
     """
@@ -98,6 +99,18 @@ class PeerMessage(_message.Message):
     NET_CHAIN_DISCARD_FIELD_NUMBER: _builtins.int
     NET_PAIR_COMPLETE_FIELD_NUMBER: _builtins.int
     NET_DATAGRAM_FIELD_NUMBER: _builtins.int
+    TP_SYN_FIELD_NUMBER: _builtins.int
+    TP_SYN_ACK_FIELD_NUMBER: _builtins.int
+    TP_HANDSHAKE_ACK_FIELD_NUMBER: _builtins.int
+    TP_RESET_FIELD_NUMBER: _builtins.int
+    TP_ACK_FIELD_NUMBER: _builtins.int
+    TP_SEGMENT_FIELD_NUMBER: _builtins.int
+    TP_FIN_FIELD_NUMBER: _builtins.int
+    TP_WINDOW_FIELD_NUMBER: _builtins.int
+    TP_PAIR_DEMAND_FIELD_NUMBER: _builtins.int
+    TP_PAIR_USES_FIELD_NUMBER: _builtins.int
+    TP_PAIRS_END_FIELD_NUMBER: _builtins.int
+    TP_TELEPORT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -146,6 +159,30 @@ class PeerMessage(_message.Message):
     def net_pair_complete(self) -> Global___PairComplete: ...
     @_builtins.property
     def net_datagram(self) -> Global___NetDatagram: ...
+    @_builtins.property
+    def tp_syn(self) -> Global___TransportSyn: ...
+    @_builtins.property
+    def tp_syn_ack(self) -> Global___TransportSynAck: ...
+    @_builtins.property
+    def tp_handshake_ack(self) -> Global___TransportHandshakeAck: ...
+    @_builtins.property
+    def tp_reset(self) -> Global___TransportReset: ...
+    @_builtins.property
+    def tp_ack(self) -> Global___TransportAck: ...
+    @_builtins.property
+    def tp_segment(self) -> Global___TransportSegment: ...
+    @_builtins.property
+    def tp_fin(self) -> Global___TransportFin: ...
+    @_builtins.property
+    def tp_window(self) -> Global___TransportWindow: ...
+    @_builtins.property
+    def tp_pair_demand(self) -> Global___TransportPairDemand: ...
+    @_builtins.property
+    def tp_pair_uses(self) -> Global___TransportPairUses: ...
+    @_builtins.property
+    def tp_pairs_end(self) -> Global___TransportPairsEnd: ...
+    @_builtins.property
+    def tp_teleport(self) -> Global___TransportTeleport: ...
     def __init__(
         self,
         *,
@@ -173,12 +210,24 @@ class PeerMessage(_message.Message):
         net_chain_discard: Global___ChainDiscard | None = ...,
         net_pair_complete: Global___PairComplete | None = ...,
         net_datagram: Global___NetDatagram | None = ...,
+        tp_syn: Global___TransportSyn | None = ...,
+        tp_syn_ack: Global___TransportSynAck | None = ...,
+        tp_handshake_ack: Global___TransportHandshakeAck | None = ...,
+        tp_reset: Global___TransportReset | None = ...,
+        tp_ack: Global___TransportAck | None = ...,
+        tp_segment: Global___TransportSegment | None = ...,
+        tp_fin: Global___TransportFin | None = ...,
+        tp_window: Global___TransportWindow | None = ...,
+        tp_pair_demand: Global___TransportPairDemand | None = ...,
+        tp_pair_uses: Global___TransportPairUses | None = ...,
+        tp_pairs_end: Global___TransportPairsEnd | None = ...,
+        tp_teleport: Global___TransportTeleport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_datagram"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_datagram", "tp_syn", "tp_syn_ack", "tp_handshake_ack", "tp_reset", "tp_ack", "tp_segment", "tp_fin", "tp_window", "tp_pair_demand", "tp_pair_uses", "tp_pairs_end", "tp_teleport"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1143,3 +1192,408 @@ class NetDatagram(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NetDatagram: _TypeAlias = NetDatagram  # noqa: Y015
+
+@_typing.final
+class TransportSyn(_message.Message):
+    """--- transport layer (qnet/transport/events.py) -------------------------------------------------
+
+    Between the transport cores at the two ends of a connection, never between neighbours: each
+    travels alone, encoded as a PeerMessage, in the payload of a NetDatagram with protocol 1.
+    Connection ids (`src_conn`: the sender's, `dst_conn`: the receiver's) are local to a node and
+    never reused by it. Records (`seq` > 0) are delivered reliably and in order within one
+    direction of a connection; the others (handshake, acknowledgements, resets) are not.
+
+    Connector → acceptor: open a connection to `dst_port` from `src_port`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SRC_PORT_FIELD_NUMBER: _builtins.int
+    DST_PORT_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    PAIR_WINDOW_FIELD_NUMBER: _builtins.int
+    DATA_WINDOW_FIELD_NUMBER: _builtins.int
+    src_conn: _builtins.int
+    src_port: _builtins.int
+    dst_port: _builtins.int
+    min_fidelity: _builtins.float
+    """Fidelity the connection's end-to-end pairs must have at delivery."""
+    pair_window: _builtins.int
+    """Pairs of the epr stream the connector holds for its application ahead of demand."""
+    data_window: _builtins.int
+    """Bytes of complete, unread messages the connector buffers for its application."""
+    def __init__(
+        self,
+        *,
+        src_conn: _builtins.int = ...,
+        src_port: _builtins.int = ...,
+        dst_port: _builtins.int = ...,
+        min_fidelity: _builtins.float = ...,
+        pair_window: _builtins.int = ...,
+        data_window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_window", b"data_window", "dst_port", b"dst_port", "min_fidelity", b"min_fidelity", "pair_window", b"pair_window", "src_conn", b"src_conn", "src_port", b"src_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportSyn: _TypeAlias = TransportSyn  # noqa: Y015
+
+@_typing.final
+class TransportSynAck(_message.Message):
+    """Acceptor → connector: a listener took the connection; the connector opens the circuit.
+    Repeated until the HandshakeAck arrives.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    DATA_WINDOW_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    data_window: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        data_window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_window", b"data_window", "dst_conn", b"dst_conn", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportSynAck: _TypeAlias = TransportSynAck  # noqa: Y015
+
+@_typing.final
+class TransportHandshakeAck(_message.Message):
+    """Connector → acceptor: circuit (`circuit_head`, `circuit_number`) is open and carries this
+    connection's pairs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    CIRCUIT_HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_NUMBER_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    circuit_head: _builtins.str
+    circuit_number: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        circuit_head: _builtins.str = ...,
+        circuit_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_head", b"circuit_head", "circuit_number", b"circuit_number", "dst_conn", b"dst_conn", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportHandshakeAck: _TypeAlias = TransportHandshakeAck  # noqa: Y015
+
+@_typing.final
+class TransportReset(_message.Message):
+    """The sender ended the connection abnormally (or knows no such connection, or nothing listens):
+    the receiver fails it with `error` (a qnet.errors type name) raised by `node`. `src_conn` is 0
+    when the sender had no connection. Never answered.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    error: _builtins.str
+    node: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        error: _builtins.str = ...,
+        node: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "error", b"error", "node", b"node", "reason", b"reason", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportReset: _TypeAlias = TransportReset  # noqa: Y015
+
+@_typing.final
+class TransportAck(_message.Message):
+    """Every record below `next_seq` arrived, and those in `selective` above it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    NEXT_SEQ_FIELD_NUMBER: _builtins.int
+    SELECTIVE_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    next_seq: _builtins.int
+    @_builtins.property
+    def selective(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        next_seq: _builtins.int = ...,
+        selective: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "next_seq", b"next_seq", "selective", b"selective", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportAck: _TypeAlias = TransportAck  # noqa: Y015
+
+@_typing.final
+class TransportSegment(_message.Message):
+    """A piece of a classical message; `last` = 1 on its final piece."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    payload: _builtins.bytes
+    last: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+        last: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "last", b"last", "payload", b"payload", "seq", b"seq", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportSegment: _TypeAlias = TransportSegment  # noqa: Y015
+
+@_typing.final
+class TransportFin(_message.Message):
+    """The sender's output ends: no more messages or teleported qubits follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "seq", b"seq", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportFin: _TypeAlias = TransportFin  # noqa: Y015
+
+@_typing.final
+class TransportWindow(_message.Message):
+    """Flow control: the receiver may send message bytes up to a total of `data_limit`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    DATA_LIMIT_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    data_limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        data_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_limit", b"data_limit", "dst_conn", b"dst_conn", "seq", b"seq", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportWindow: _TypeAlias = TransportWindow  # noqa: Y015
+
+@_typing.final
+class TransportPairDemand(_message.Message):
+    """Connector → acceptor, cumulative counts: epr pairs it holds up to `epr_limit`, measure-directly
+    pairs and teleportation pairs its application asked for.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    EPR_LIMIT_FIELD_NUMBER: _builtins.int
+    MEASURES_FIELD_NUMBER: _builtins.int
+    TELEPORTS_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    epr_limit: _builtins.int
+    measures: _builtins.int
+    teleports: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        epr_limit: _builtins.int = ...,
+        measures: _builtins.int = ...,
+        teleports: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "epr_limit", b"epr_limit", "measures", b"measures", "seq", b"seq", "src_conn", b"src_conn", "teleports", b"teleports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportPairDemand: _TypeAlias = TransportPairDemand  # noqa: Y015
+
+@_typing.final
+class TransportPairUses(_message.Message):
+    """Acceptor → connector: the uses of pair indices `first_index`, `first_index` + 1, …
+    (0 release, 1 epr, 2 measure directly, 3 teleport from the connector, 4 from the acceptor).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    first_index: _builtins.int
+    @_builtins.property
+    def uses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        first_index: _builtins.int = ...,
+        uses: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "first_index", b"first_index", "seq", b"seq", "src_conn", b"src_conn", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportPairUses: _TypeAlias = TransportPairUses  # noqa: Y015
+
+@_typing.final
+class TransportPairsEnd(_message.Message):
+    """Acceptor → connector: no further pair goes to the epr or measure-directly streams."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "seq", b"seq", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportPairsEnd: _TypeAlias = TransportPairsEnd  # noqa: Y015
+
+@_typing.final
+class TransportTeleport(_message.Message):
+    """The Bell measurement of a qubit with the sender's half of pair `index`: the receiver applies
+    X^x then Z^z to its half. x = z = -1: the measurement failed and the qubit is lost.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    index: _builtins.int
+    x: _builtins.int
+    z: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        index: _builtins.int = ...,
+        x: _builtins.int = ...,
+        z: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "index", b"index", "seq", b"seq", "src_conn", b"src_conn", "x", b"x", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportTeleport: _TypeAlias = TransportTeleport  # noqa: Y015

@@ -185,7 +185,10 @@ async def test_qubits_clients_keep_stop_the_link_until_freed() -> None:
             near_err, far_err, near_held, far_held = await _fill_memory(alice, bob)
             for err in (near_err, far_err):
                 assert err.code == pb.LINK_ERROR_CODE_NO_MEMORY
-                assert "held by the layer above" in err.reason
+                # Usually the link stops arming first ("held by the layer above"); on a
+                # loaded machine a client's report can trail an arm already in flight, and
+                # the backend's refusal ends it the same way.
+                assert "held by the layer above" in err.reason or "no free memory" in err.reason
             assert len(near_held) == len(far_held) == 8
             for node in (alice, bob):
                 status = await node.status()

@@ -14,9 +14,10 @@ from tests.network.linkhelpers import example
 
 async def test_a_datagram_crosses_the_network_in_order(autojump_clock: trio.abc.Clock) -> None:
     async with open_network(chain(5)) as net:
-        inbox = net.node("n4").listen_datagrams(1)
+        # (protocol 1 is the transport layer's own)
+        inbox = net.node("n4").listen_datagrams(5)
         for i in range(20):
-            net.node("n0").send_datagram("n4", 1, f"hello {i}".encode())
+            net.node("n0").send_datagram("n4", 5, f"hello {i}".encode())
         with trio.fail_after(1):
             got = [await inbox.receive() for _ in range(20)]
         assert [d.payload for d in got] == [f"hello {i}".encode() for i in range(20)]
@@ -51,9 +52,11 @@ async def test_no_route_is_a_typed_error_and_bad_input_is_refused(
             net.node("n0").send_datagram("elsewhere", 1, b"x")
         with pytest.raises(InvalidArgument):
             net.node("n0").send_datagram("n2", 1, "not bytes")  # type: ignore[arg-type]
-        net.node("n2").listen_datagrams(1)
+        net.node("n2").listen_datagrams(9)
         with pytest.raises(AlreadyExists):
-            net.node("n2").listen_datagrams(1)
+            net.node("n2").listen_datagrams(9)
+        with pytest.raises(AlreadyExists):
+            net.node("n2").listen_datagrams(1)  # the transport layer's
 
 
 def test_a_spent_hop_limit_or_a_route_back_drops_the_datagram() -> None:

@@ -50,6 +50,8 @@ from qnet.network.routing_events import (
 )
 from qnet.node import peer_wire
 from qnet.node.peer_wire import Layer, WireMessage, from_wire, to_wire
+from qnet.transport import events as transport_events
+from qnet.transport.events import TransportMessage
 from qnet.v1 import peer_pb2 as pb
 
 UINT64 = st.integers(0, 2**64 - 1)
@@ -62,6 +64,7 @@ def _field_strategy(field: FieldDescriptor) -> st.SearchStrategy[Any]:
         FieldDescriptor.TYPE_UINT64: UINT64,
         FieldDescriptor.TYPE_INT64: INT64,
         FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
+        FieldDescriptor.TYPE_SINT32: st.integers(-(2**31), 2**31 - 1),
         FieldDescriptor.TYPE_DOUBLE: DOUBLE,
         FieldDescriptor.TYPE_STRING: st.text(),
         FieldDescriptor.TYPE_BYTES: st.binary(max_size=64),
@@ -76,6 +79,7 @@ ROUTING_TYPES = tuple(t for t in peer_wire.WIRE_TYPES if issubclass(t, RoutingMe
 CIRCUIT_TYPES = tuple(
     t for t in peer_wire.WIRE_TYPES if issubclass(t, CircuitMessage | DatagramMessage)
 )
+TRANSPORT_TYPES = tuple(t for t in peer_wire.WIRE_TYPES if issubclass(t, TransportMessage))
 
 
 def messages_of(cls: type[WireMessage]) -> st.SearchStrategy[WireMessage]:
@@ -128,6 +132,7 @@ ANY_MESSAGE = st.one_of(
     st.sampled_from(LINK_TYPES).flatmap(messages_of),
     ROUTING_MESSAGE,
     st.sampled_from(CIRCUIT_TYPES).flatmap(messages_of),
+    st.sampled_from(TRANSPORT_TYPES).flatmap(messages_of),
 )
 
 EXAMPLES: list[WireMessage] = [
@@ -157,6 +162,19 @@ EXAMPLES: list[WireMessage] = [
     ChainDiscard("alice", 1, 17),
     PairComplete("alice", 1, 12, 0, (0.9, 0.05, 0.03, 0.02), 3_000),
     NetDatagram("alice", "bob", 64, 1, b"\x00handshake"),
+    transport_events.Syn(3, 49152, 7, 0.8, 4, 262_144),
+    transport_events.SynAck(3, 5, 262_144),
+    transport_events.HandshakeAck(5, 3, "alice", 2),
+    transport_events.Reset(3, 0, "NotFound", "bob", "nothing listens on port 7"),
+    transport_events.Ack(5, 3, 4, (6, 8)),
+    transport_events.Segment(5, 3, 1, b"hello", 1),
+    transport_events.Fin(5, 3, 2),
+    transport_events.Window(3, 5, 1, 524_288),
+    transport_events.PairDemand(5, 3, 3, 8, 16, 2),
+    transport_events.PairUses(3, 5, 2, 10, (1, 1, 3, 0)),
+    transport_events.PairsEnd(3, 5, 3),
+    transport_events.Teleport(5, 3, 4, 12, 1, 0),
+    transport_events.Teleport(5, 3, 5, 13, -1, -1),
 ]
 
 
@@ -168,9 +186,14 @@ def test_every_peer_message_type_has_a_wire_form() -> None:
             (routing_events, RoutingMessage),
             (circuit_events, CircuitMessage),
             (datagram, DatagramMessage),
+            (transport_events, TransportMessage),
         )
         for v in vars(module).values()
-        if isinstance(v, type) and issubclass(v, base) and v is not base
+        if isinstance(v, type)
+        and issubclass(v, base)
+        and v is not base
+        and v.__module__ == module.__name__
+        and bool(getattr(v, "type_name", ""))
     }
     assert registered == set(peer_wire.WIRE_TYPES)
     assert {type(m) for m in EXAMPLES} == registered
@@ -204,9 +227,25 @@ def test_case_numbers_are_stable() -> None:
         "net_chain_discard": 85,
         "net_pair_complete": 86,
         "net_datagram": 112,
+        "tp_syn": 128,
+        "tp_syn_ack": 129,
+        "tp_handshake_ack": 130,
+        "tp_reset": 131,
+        "tp_ack": 132,
+        "tp_segment": 133,
+        "tp_fin": 134,
+        "tp_window": 135,
+        "tp_pair_demand": 136,
+        "tp_pair_uses": 137,
+        "tp_pairs_end": 138,
+        "tp_teleport": 139,
     }
     assert peer_wire.layer_of_case("hello") is Layer.PEER
-    assert {peer_wire.layer_of(m) for m in EXAMPLES} == {Layer.LINK, Layer.NETWORK}
+    assert {peer_wire.layer_of(m) for m in EXAMPLES} == {
+        Layer.LINK,
+        Layer.NETWORK,
+        Layer.TRANSPORT,
+    }
     assert {peer_wire.layer_of(m) for m in EXAMPLES if isinstance(m, RoutingMessage)} == {
         Layer.NETWORK
     }
@@ -259,7 +298,7 @@ def test_empty_message_is_a_protocol_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("number", "layer"), [(63, "link"), (120, "network"), (130, "transport"), (500, "no")]
+    ("number", "layer"), [(63, "link"), (120, "network"), (191, "transport"), (500, "no")]
 )
 def test_unknown_case_is_named_with_its_layer(number: int, layer: str) -> None:
     # A length-delimited field the schema does not know, as a newer peer might send.
