@@ -24,7 +24,6 @@ from typing import Any
 
 import trio
 
-from qnet.channel import wire
 from qnet.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -40,9 +39,7 @@ from qnet.link.events import (
     Arm,
     CreateErr,
     CreateRequest,
-    Disarm,
     Free,
-    Gates,
     Kind,
     MeasureQubit,
     PairOk,
@@ -57,6 +54,7 @@ from qnet.network.routing_events import RouteEntry, RoutingMessage
 from qnet.node.circuit_driver import CircuitHandle, NodeCircuits
 from qnet.node.interfaces import ChannelAccess, PeerTransport
 from qnet.node.peer_wire import WireMessage
+from qnet.node.physical_ops import operations
 from qnet.node.routing_driver import NodeRouting
 from qnet.node.transport_driver import NodeTransport
 from qnet.physical.events import HeraldEvent
@@ -566,7 +564,7 @@ class NodeRuntime:
         ops: list[pb.Operation] = []
         owners: list[PhysicalCommand] = []
         for cmd in commands:
-            for op in cmd.ops if isinstance(cmd, _HostedOps) else _operations(link.peer, cmd):
+            for op in cmd.ops if isinstance(cmd, _HostedOps) else operations(link.peer, cmd):
                 ops.append(op)
                 owners.append(cmd)
         start = 0
@@ -620,26 +618,3 @@ class _HostedOps(PhysicalCommand):
         """Done: operations without a result yet get ``error`` (a failed one stops the rest)."""
         self.results += [error] * (len(self.ops) - len(self.results))
         self.done.set()
-
-
-def _operations(peer: str, cmd: PhysicalCommand) -> list[pb.Operation]:
-    """The backend operations that carry out one EGP physical command."""
-    if isinstance(cmd, Arm):
-        return [
-            pb.Operation(
-                arm=pb.ArmOp(peer=peer, allocate=cmd.count, bright_state=cmd.bright_state or 0.0)
-            )
-        ]
-    if isinstance(cmd, Disarm):
-        return [pb.Operation(disarm=pb.DisarmOp(peer=peer, free=True))]
-    if isinstance(cmd, MeasureQubit):
-        basis = wire.BASIS_TO_WIRE[cmd.basis]
-        return [pb.Operation(measure=pb.MeasureOp(qubit=cmd.qubit, basis=basis))]
-    if isinstance(cmd, Gates):
-        return [
-            pb.Operation(gate=pb.GateOp(gate=wire.GATE_TO_WIRE[gate], qubits=qubits, angle=angle))
-            for gate, qubits, angle in cmd.ops
-        ]
-    if isinstance(cmd, Free):
-        return [pb.Operation(free=pb.FreeOp(qubits=cmd.qubits))]
-    raise AssertionError(f"unknown physical command {cmd!r}")
