@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.link:
+        return _network_demo(args)
     from qnet.demo.physics import format_result, run_demo
 
     scheme = Scheme(args.scheme)
@@ -41,6 +43,26 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_result(result, length_km=args.length_km, scheme=scheme))
     print("qnet-channeld stopped.")
     return 0
+
+
+def _network_demo(args: argparse.Namespace) -> int:
+    from qnet.demo.network import demo_topology, run_network_demo
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    topology = demo_topology(args.topology)
+    result = _run(
+        lambda: run_network_demo(
+            topology,
+            rounds=args.rounds,
+            qkd_pairs=args.qkd_pairs,
+            min_fidelity=args.min_fidelity,
+            seed=args.seed,
+            say=say,
+        )
+    )
+    return 0 if result.ok else 1
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -243,9 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="heralded pairs over a fibre link through a real qnet-channeld process",
-        description="Start qnet-channeld, generate and measure heralded pairs over one link,"
-        " print measured rate and fidelity next to theory, stop it.",
+        help="bring up chain4 as processes, teleport and distribute a key across it, stop it",
+        description="Start examples/chain4.toml as local processes (qnet up, in a run directory"
+        " of its own), teleport states from alice to bob with tomography, run BBM92 QKD and"
+        " send an AES-GCM encrypted file, print the figures, and bring the network down."
+        " With --link: heralded pairs over one fibre link through qnet-channeld alone.",
+    )
+    demo.add_argument("--topology", type=Path, help="network to run (default: chain4)")
+    demo.add_argument("--rounds", type=int, default=24, help="teleports per state (4 states)")
+    demo.add_argument("--qkd-pairs", type=int, default=3000, help="pairs measured for QKD")
+    demo.add_argument(
+        "--min-fidelity", type=float, default=0.9, help="end-to-end pair fidelity target"
+    )
+    demo.add_argument(
+        "--link",
+        action="store_true",
+        help="the single-link physics demo instead (options below)",
     )
     demo.add_argument("--length-km", type=float, default=10.0)
     demo.add_argument("--scheme", choices=[s.value for s in Scheme], default="single_click")
@@ -260,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
     _add_network_commands(sub)
+    from qnet.apps.cli import add_app_command, run_app
+
+    add_app_command(sub)
+    sub.choices["app"].set_defaults(run=run_app)
     return parser
 
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
 
 import trio
 
-from qnet.errors import FailedPrecondition, InvalidArgument, QnetError, Timeout
+from qnet.errors import FailedPrecondition, InvalidArgument, NotFound, QnetError, Timeout
 from qnet.node.interfaces import ChannelAccess
 from qnet.node.transport_driver import NodeTransport
 from qnet.physical.gates import Basis, GateName
@@ -214,6 +214,11 @@ class Socket:
 
     # -- setup ---------------------------------------------------------------------------------
 
+    @property
+    def local_port(self) -> int | None:
+        """This end's port once bound or connected."""
+        return self._local
+
     def settimeout(self, seconds: float | None) -> None:
         """Bound each call (``Timeout``); None: wait as long as it takes."""
         self._timeout = seconds
@@ -248,11 +253,15 @@ class Socket:
         assert sock.peer is not None
         return sock, sock.peer
 
-    async def connect(self, address: Address, *, min_fidelity: float = 0.0) -> None:
-        """Connect to ``(node, port)``; returns once the connection (and circuit) is open."""
+    async def connect(self, address: Address, *, min_fidelity: float | None = None) -> None:
+        """Connect to ``(node, port)``; returns once the connection (and circuit) is open.
+        Pairs meet ``min_fidelity`` at delivery; None: the network's routing fidelity
+        threshold (0 asks for the fastest pairs, whatever their fidelity)."""
         if self._conn is not None or self._listening:
             raise FailedPrecondition("socket already connected or listening", node=self.node)
         remote, port = address
+        if min_fidelity is None:
+            min_fidelity = self._owner.transport.default_min_fidelity
         core = self._owner.transport.core
         local = self._local
         conn = self._owner.call(
@@ -288,7 +297,7 @@ class Socket:
 
         def register(k: int) -> None:
             for _ in range(k):
-                self._owner.call(core.recv, conn)
+                self._demand(core.recv, conn)
 
         try:
             (data,) = await self._bounded(self._data.take(1, register))
@@ -305,31 +314,57 @@ class Socket:
 
         def register(k: int) -> None:
             for _ in range(k):
-                self._owner.call(core.epr, conn)
+                self._demand(core.epr, conn)
 
         (pair,) = await self._bounded(self._eprs.take(1, register))
         return self._qubit(pair.qubit, pair.fidelity, pair.number)
 
-    async def epr_measure(self, n: int, basis: Basis | str = "Z") -> list[int]:
+    async def epr_measure(
+        self, n: int, basis: Basis | str | Sequence[Basis | str] = "Z"
+    ) -> list[int]:
         """Outcomes of the next ``n`` pairs of the measure-directly stream, measured in
-        ``basis`` as they arrive (-1 for a measurement that failed). Both ends call it."""
+        ``basis`` (one for all, or one per pair) as they arrive (-1 for a measurement that
+        failed). Both ends call it. Outcomes a cancelled call left behind come first, in the
+        bases that call asked for."""
         conn = self._conn_id()
         core = self._owner.transport.core
-        b = _basis(basis)
+        if isinstance(basis, Basis | str):
+            bases = [_basis(basis)] * n
+        else:
+            bases = [_basis(b) for b in basis]
+            if len(bases) != n:
+                raise InvalidArgument(f"{len(bases)} bases given for {n} pairs")
 
         def register(k: int) -> None:
-            self._owner.call(core.epr_measure, conn, k, b)
+            # Slots already asked for by a cancelled call keep their bases: the new ones
+            # take the last k of this call's, in runs so that the core sees few calls.
+            start = n - k
+            while start < n:
+                end = start
+                while end < n and bases[end] is bases[start]:
+                    end += 1
+                self._demand(core.epr_measure, conn, end - start, bases[start])
+                start = end
 
         got = await self._bounded(self._measured.take(n, register))
         return [m.outcome for m in got]
 
     async def send_qubit(self, qubit: Qubit) -> None:
         """Teleport ``qubit`` to the peer; it is gone from here afterwards."""
+        await self.start_send_qubit(qubit)
+
+    def start_send_qubit(self, qubit: Qubit) -> Awaitable[None]:
+        """``send_qubit`` in two steps: hand ``qubit`` to the transport now (it is gone from
+        here once this returns), then await the result to learn it went. A server that
+        relays several callers' requests keeps their order this way and still waits for
+        each answer in its own task."""
         conn = self._conn_id()
         qubit._check()
         self._owner.call(self._owner.transport.core.send_qubit, conn, qubit.id)
         qubit.freed = True
+        return self._await_sent(qubit)
 
+    async def _await_sent(self, qubit: Qubit) -> None:
         async def sent() -> QubitSent:
             while qubit.id not in self._sent:
                 if self._error is not None:
@@ -369,6 +404,39 @@ class Socket:
             with contextlib.suppress(FailedPrecondition):  # closed already
                 self._owner.call(core.close, conn)
 
+    def abort(self) -> None:
+        """End the connection at once (the peer's calls fail with ``Unreachable``), or stop
+        listening and abort the connections accepted for it that nobody took; free every
+        qubit the socket holds that its application did not take. Pending calls fail."""
+        transport = self._owner.transport
+        if self._listening and self._local is not None:
+            stream = self._owner._listeners.get(self._local)
+            self._listening = False
+            with contextlib.suppress(QnetError):
+                self._owner.call(transport.core.unlisten, self._local)
+            self._owner._listeners.pop(self._local, None)
+            if stream is not None:
+                for event in stream.items:
+                    accepted = self._owner._conns.get(event.conn)
+                    if accepted is not None:
+                        accepted.abort()
+                stream.items.clear()
+                stream.fail(FailedPrecondition("the socket was aborted", node=self.node))
+            return
+        conn = self._conn
+        closed = bool(self._closed.items) or self._error is not None
+        if conn is not None and not closed and conn in transport.core.connections():
+            with contextlib.suppress(QnetError):
+                returned = self._owner.call(transport.core.abort, conn)
+                transport.free(returned)
+        untaken = [e.qubit for e in self._eprs.items] + [e.qubit for e in self._received.items]
+        self._eprs.items.clear()
+        self._received.items.clear()
+        if untaken:
+            transport.free(tuple(untaken))
+        if self._error is None:
+            self._on_event(Error(conn or 0, FailedPrecondition, self.node, "socket aborted"))
+
     async def wait_closed(self) -> None:
         """Wait until both ends closed cleanly (raises the connection's error if it failed)."""
         if self._closed.items:
@@ -395,6 +463,16 @@ class Socket:
         if self._conn is None:
             raise FailedPrecondition("socket is not connected", node=self.node)
         return self._conn
+
+    def _demand(self, fn: Callable[..., object], conn: int, *args: object) -> None:
+        """Ask the core for answers on ``conn``. A connection the core has just ended is no
+        error here: its Error or Closed event is on its way (behind the physical commands
+        queued before it) and ends the wait with the connection's own error."""
+        try:
+            self._owner.call(fn, conn, *args)
+        except NotFound:
+            if conn in self._owner.transport.core.connections():
+                raise
 
     def _qubit(self, qubit: int, fidelity: float, number: int) -> Qubit:
         return Qubit(self._owner.channel, self.node, qubit, fidelity, number)
@@ -440,6 +518,9 @@ class Socket:
             self._closed.push(event)
             self._forget()
         elif isinstance(event, Error):
+            if event.returned_qubits:
+                # Qubits handed to send_qubit whose handles are spent: nobody can free them.
+                self._owner.transport.free(event.returned_qubits)
             self._error = event.exception()
             for stream in (
                 self._connected,

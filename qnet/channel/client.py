@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from qnet.channel import wire
+from qnet.channel.execute_pipe import ExecutePipe
 from qnet.channel.wire import PROTOCOL_VERSION
 from qnet.errors import QnetError, Unreachable, error_from_wire
 from qnet.physical.events import HeraldEvent
@@ -126,6 +127,7 @@ class NodeSession:
         self.registered_ns = registered_ns
         self._stub = client._stub
         self._map = client._map
+        self._pipe = ExecutePipe(client._stub, client._map)
 
     async def declare_link(self, peer: str, params: LinkParams) -> LinkTheory:
         resp = await unary_call(
@@ -218,10 +220,8 @@ class NodeSession:
 
     async def execute(self, ops: Sequence[pb.Operation]) -> pb.ExecuteResponse:
         """Run ``ops`` in order in one request; see ``ExecuteResponse`` for partial failure."""
-        return await unary_call(
-            self._stub.Execute,
-            pb.ExecuteRequest(protocol_version=V, session=self.token, ops=ops),
-            error_mapper=self._map,
+        return await self._pipe.execute(
+            pb.ExecuteRequest(protocol_version=V, session=self.token, ops=ops)
         )
 
     @asynccontextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import trio
@@ -21,6 +21,7 @@ from qnet.channel.wire import PROTOCOL_VERSION, check_version
 from qnet.errors import AlreadyExists, InvalidArgument, QnetError, Unauthenticated
 from qnet.physical.channel_core import ChannelCore
 from qnet.runtime.clock import PhysicalClock
+from qnet.runtime.grpc_service import Malformed, malformed_error
 from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.channeld")
@@ -221,6 +222,17 @@ class ChannelServer:
             )
         self._after_request()
         return resp
+
+    async def execute_stream(
+        self, requests: AsyncIterator[pb.ExecuteRequest | object]
+    ) -> AsyncGenerator[pb.ExecuteResponse, None]:
+        """``Execute`` over one stream: a response per request, in order. A request that
+        ``execute`` refuses (or one that did not parse) ends the stream with its error."""
+        async for req in requests:
+            if isinstance(req, Malformed):
+                raise malformed_error(req)
+            assert isinstance(req, pb.ExecuteRequest)
+            yield await self.execute(req)
 
     def _run_op(self, node: str, op: pb.Operation, now: int) -> pb.OperationResult:
         core = self.core

@@ -34,6 +34,7 @@ def channel_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
             "StartGeneration": impl.start_generation,
             "StopGeneration": impl.stop_generation,
             "Execute": impl.execute,
+            "ExecuteStream": impl.execute_stream,
             "Events": impl.events,
             "Now": impl.now,
             "Health": impl.health,

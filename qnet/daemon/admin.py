@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import trio
 
 from qnet.daemon import wire
+from qnet.daemon.app_service import AppService
 from qnet.daemon.config import split_address
 from qnet.daemon.link_service import LinkService
 from qnet.daemon.procs import resident_bytes
@@ -38,6 +39,7 @@ class RunningNode:
     transport: GrpcPeerTransport
     links: LinkService
     channel_address: str
+    apps: AppService | None = None
 
 
 class AdminService:
@@ -94,13 +96,16 @@ class AdminService:
         node = self._running()
         runtime = node.runtime
         held = len(node.links.held)
+        # Every qubit an application holds here, its own sessions' and any in-process one's.
+        for_apps = len(runtime.app_qubits)
+        by_transport = runtime.transport_layer.core.held_count()
         return pb.StatusResponse(
             protocol_version=wire.V,
             node=self.node,
             uptime_s=time.monotonic() - self.started_wall,
             pid=os.getpid(),
             memory_qubits_total=runtime.spec.params.memory_qubits,
-            memory_qubits_in_use=runtime.memory_in_use() + held,
+            memory_qubits_in_use=runtime.memory_in_use() + held + for_apps + by_transport,
             neighbours=self._neighbours(node, node.transport.stats()),
             qubits_held_for_clients=held,
             resident_memory_bytes=resident_bytes(),
@@ -109,6 +114,9 @@ class AdminService:
             now_ns=max(runtime.now(), 0),
             time_scale=runtime.clock.scale,
             routing_converged=runtime.routing_converged.is_set(),
+            qubits_held_for_apps=for_apps,
+            qubits_held_by_transport=by_transport,
+            app_sessions=node.apps.sessions if node.apps is not None else 0,
         )
 
     async def set_peers(self, req: pb.SetPeersRequest) -> pb.SetPeersResponse:

@@ -3,16 +3,16 @@
 Start-up, in order, each step bounded:
 
 1. load the topology and find the node (a bad file or name fails before anything starts);
-2. bind the daemon's one gRPC server (Peer, NodeAdmin, LinkLayer, NetworkLayer) — a busy
-   port fails here, before the node touches the backend; Health answers ``serving=false``
-   meanwhile;
+2. bind the daemon's one gRPC server (Peer, NodeAdmin, LinkLayer, NetworkLayer,
+   Application) — a busy port fails here, before the node touches the backend; Health
+   answers ``serving=false`` meanwhile;
 3. connect to qnet-channeld (waiting up to ``channel_timeout_s`` for it to accept
    connections, so daemons may start alongside it), register the node with ``takeover`` (a
    restarted daemon replaces its old registration) and align the physical clock with the
    backend's (its time and time scale, half the round trip added);
 4. start the node driver (links declared, herald stream open, peer transport dialing), the
-   LinkLayer dispatcher and the NetworkLayer's circuit ends; then Health answers
-   ``serving=true`` and ``task_status.started`` gets the daemon's address.
+   LinkLayer dispatcher, the NetworkLayer's circuit ends and the Application sessions; then
+   Health answers ``serving=true`` and ``task_status.started`` gets the daemon's address.
 
 Neighbours' addresses come from the topology when it fixes their ports, and otherwise from
 NodeAdmin.SetPeers (``qnet up`` sends them once every daemon is ready).
@@ -30,6 +30,7 @@ import trio
 
 from qnet.channel.client import ChannelClient
 from qnet.daemon.admin import AdminService, RunningNode
+from qnet.daemon.app_service import AppService
 from qnet.daemon.config import NodeDaemonConfig, rto_ns
 from qnet.daemon.link_service import LinkService
 from qnet.daemon.network_service import NetworkService
@@ -109,6 +110,7 @@ async def run_node_daemon(
     admin = AdminService(name)
     links = LinkService(name)
     network = NetworkService(name, links)
+    apps = AppService(name)
     transport = GrpcPeerTransport(name, peer_addresses(topology, name))
     bridge = TrioGrpcBridge()
 
@@ -119,6 +121,7 @@ async def run_node_daemon(
                 admin.handlers(bridge),
                 links.handlers(bridge),
                 network.handlers(bridge),
+                apps.handlers(bridge),
             )
         )
 
@@ -150,7 +153,10 @@ async def run_node_daemon(
             await node_tasks.start(runtime.run)
             await node_tasks.start(links.run, runtime, session)
             await node_tasks.start(network.run, runtime)
-            admin.running = RunningNode(topology, runtime, transport, links, config.channel)
+            await node_tasks.start(apps.run, runtime)
+            admin.running = RunningNode(
+                topology, runtime, transport, links, config.channel, apps=apps
+            )
             log.info("%s: running (time scale %g, %d links)", name, clock.scale, len(runtime.peers))
             task_status.started(address)
             try:

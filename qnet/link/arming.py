@@ -72,5 +72,11 @@ def memory_blocked(core: EgpCore, now: int, reason: str) -> None:
     core._arm_blocked_until = now + core._backoff_ns
     if core.is_master:
         master.note_full(core, now, reason)
-    else:
-        core._send(MemoryFull, now)
+        return
+    if core._full_since is None:
+        core._full_since = now
+    full_for = now - core._full_since
+    # A shorter streak cannot fail a request (the master waits the whole memory wait, counted
+    # from the start of the streak, which the message carries), so it is not worth a message.
+    if 2 * full_for >= core._memory_wait_ns:
+        core._send(MemoryFull, now, full_for_ns=full_for)

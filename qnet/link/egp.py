@@ -99,6 +99,13 @@ class EgpConfig:
     #: now, and waiting for max_time would only burn pairs. Well above ``pipeline``, since up
     #: to that many pairs armed for the previous request may land on a new one.
     max_misses: int = 32
+    #: How long an acknowledgement may wait for another message to the peer to travel with
+    #: (0: sent at once, alone if need be). Between daemons each message costs a gRPC message
+    #: at both ends, and the slave's other traffic to the master (the network layer's, which
+    #: the node adds with ``take_acks``) comes often enough to carry most of them. Keep it
+    #: well below the retransmission timeout; the Ack reports the wait, so measured round
+    #: trips leave it out.
+    ack_delay_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -144,10 +151,15 @@ class EgpCore:
         self._memory_wait_ns = (
             config.memory_wait_ns if config.memory_wait_ns is not None else 50 * rto
         )
-        #: Master: when allocations (ours or the slave's) started failing, while they still do.
+        #: When allocations started failing, while they still do: at the master ours or the
+        #: slave's (NO_MEMORY after the memory wait), at the slave its own (``MemoryFull``).
         self._full_since: int | None = None
         self._dedup = Deduplicator()
         self._out: list[Output] = []
+        #: Acknowledgements held back (``ack_delay_ns``): (message id, when it arrived).
+        self._acks: list[tuple[int, int]] = []
+        #: The time of the latest input, for acknowledgements leaving with ``pop_outputs``.
+        self._last_now = 0
         self.requests: dict[RequestKey, Request] = {}
         #: Requests still open or with pairs waiting to be delivered in order: what every input
         #: looks at, so its cost does not grow with the requests served since start.
@@ -409,7 +421,7 @@ class EgpCore:
         that the protocol does not allow here raises ProtocolError."""
         self._tick(now)
         if isinstance(msg, Ack):
-            for done in self._sender.acknowledge(msg.msg_ids, now):
+            for done in self._sender.acknowledge(msg.msg_ids, now, msg.delays_ns):
                 key = self._add_ids.pop(done.msg_id, None) if isinstance(done, QueueAdd) else None
                 if key is not None and self.requests[key].state is ReqState.QUEUED:
                     self.requests[key].fire(ReqInput.ACK)
@@ -419,7 +431,10 @@ class EgpCore:
             role = "master" if self.is_master else "slave"
             raise ProtocolError(f"EGP {type(msg).__name__} is illegal at the {role}")
         msg_id: int = msg.msg_id  # type: ignore[attr-defined]
-        self._out.append(Ack((msg_id,)))
+        if self.config.ack_delay_ns > 0:
+            self._acks.append((msg_id, now))
+        else:
+            self._out.append(Ack((msg_id,)))
         if self._dedup.first_time(msg_id):
             self._dispatch(msg, now)
         arming.update(self, now)
@@ -432,6 +447,8 @@ class EgpCore:
     def on_timer(self, now: int) -> None:
         self._tick(now)
         self._out.extend(self._sender.due(now))
+        if self._acks and self._acks[0][1] + self.config.ack_delay_ns <= now:
+            self._out.extend(self.take_acks(now))
         overdue = [seq for seq, t in self._herald_due.items() if t <= now]
         if overdue:
             slave.give_up_heralds(self, max(overdue), now)
@@ -444,11 +461,24 @@ class EgpCore:
         if self._armed < self.config.pipeline and self._head() is not None:
             times.append(self._arm_blocked_until)
         times += self._herald_due.values()
+        if self._acks:
+            times.append(self._acks[0][1] + self.config.ack_delay_ns)
         return min((t for t in times if t is not None and t >= 0), default=None)
 
     def pop_outputs(self) -> list[Output]:
         out, self._out = self._out, []
+        if self._acks and any(isinstance(o, PeerMessage) for o in out):
+            out.extend(self.take_acks(self._last_now))  # they travel with the others
         return out
+
+    def take_acks(self, now: int) -> list[PeerMessage]:
+        """The acknowledgements held back, as one Ack (none if there are none): for the node
+        to send with another layer's messages to the peer, or for ``pop_outputs``."""
+        if not self._acks:
+            return []
+        acks, self._acks = self._acks, []
+        ids = tuple(msg_id for msg_id, _ in acks)
+        return [Ack(ids, tuple(max(0, now - arrived) for _, arrived in acks))]
 
     @property
     def armed(self) -> int:
@@ -491,6 +521,7 @@ class EgpCore:
     def _tick(self, now: int) -> None:
         """Master: time out requests whose deadline has passed (checked on every input, so a
         late ``on_timer`` cannot let a pair through after the deadline)."""
+        self._last_now = now
         if not self.is_master:
             return
         for req in self._live_requests():

@@ -274,6 +274,10 @@ class Ack(PeerMessage):
 
     type_name: ClassVar[str] = "ack"
     msg_ids: tuple[int, ...]
+    #: How long the receiver held each acknowledgement before sending it (``EgpConfig.
+    #: ack_delay_ns``), in the order of ``msg_ids``; the sender takes it out of its round-trip
+    #: sample (QUIC's ack delay). Empty: none held.
+    delays_ns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,11 +394,16 @@ class Cancel(PeerMessage):
 
 @dataclass(frozen=True, slots=True)
 class MemoryFull(PeerMessage):
-    """Slave → master: the slave could not allocate memory to arm; the master fails the
-    request it is serving with NO_MEMORY."""
+    """Slave → master: the slave could not allocate memory to arm, and has not since its
+    last herald, for ``full_for_ns``; the master fails the request it is serving with
+    NO_MEMORY once memory has stayed full for its memory wait."""
 
     type_name: ClassVar[str] = "memory_full"
     msg_id: int
+    #: How long the slave's memory has been full (0: from now). A slave reports only a streak
+    #: that has lasted half the memory wait: shorter ones, the common case at a busy
+    #: repeater, cannot fail a request, and reporting each would double the link's messages.
+    full_for_ns: int = 0
 
 
 #: Everything ``pop_outputs`` returns.

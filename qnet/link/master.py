@@ -67,11 +67,13 @@ def terminate(
     core._check_finish(req)
 
 
-def note_full(core: EgpCore, now: int, reason: str) -> None:
-    """Memory is full at one end: fail the head request only once it has stayed full for
-    the memory wait (a herald, which needs both ends armed, ends the streak)."""
-    if core._full_since is None:
-        core._full_since = now
+def note_full(core: EgpCore, now: int, reason: str, since: int | None = None) -> None:
+    """Memory is full at one end (since ``since``, default now): fail the head request only
+    once it has stayed full for the memory wait (a herald, which needs both ends armed, ends
+    the streak)."""
+    since = now if since is None else since
+    if core._full_since is None or since < core._full_since:
+        core._full_since = since
     waited = now - core._full_since
     if waited >= core._memory_wait_ns:
         core._full_since = None
@@ -197,4 +199,4 @@ def on_cancel(core: EgpCore, msg: Cancel, now: int) -> None:
 
 
 def on_memory_full(core: EgpCore, msg: MemoryFull, now: int) -> None:
-    note_full(core, now, f"{core.peer} has no free memory qubit")
+    note_full(core, now, f"{core.peer} has no free memory qubit", now - msg.full_for_ns)

@@ -67,16 +67,20 @@ class ReliableSender:
     def track(self, message: PeerMessage, msg_id: int, now: int) -> None:
         self._pending[msg_id] = _Pending(message, now + self._rto_ns, self._rto_ns, now)
 
-    def acknowledge(self, msg_ids: tuple[int, ...], now: int) -> list[PeerMessage]:
+    def acknowledge(
+        self, msg_ids: tuple[int, ...], now: int, delays_ns: tuple[int, ...] = ()
+    ) -> list[PeerMessage]:
         """Forget acknowledged messages; returns those acknowledged for the first time. An Ack
-        for an unknown id is a late duplicate, not an error."""
+        for an unknown id is a late duplicate, not an error. ``delays_ns``: how long the peer
+        held each acknowledgement (not part of the round trip)."""
         done = []
-        for msg_id in msg_ids:
+        for i, msg_id in enumerate(msg_ids):
             entry = self._pending.pop(msg_id, None)
             if entry is not None:
                 done.append(entry.message)
                 if not entry.retransmitted:  # else the Ack may answer either copy
-                    self.rtt.sample(now - entry.sent_ns)
+                    held = delays_ns[i] if i < len(delays_ns) else 0
+                    self.rtt.sample(max(0, now - entry.sent_ns - held))
         return done
 
     def due(self, now: int) -> list[PeerMessage]:

@@ -3,8 +3,10 @@
 It owns the node's layer cores (one EGP core per link, one routing core) and moves their inputs
 and outputs: heralds from the channel backend, messages from neighbours, timers, link changes
 from the transport and requests from above go in; peer messages go to the transport, physical
-commands to one executor task per link (so a link's commands run in the order the core issued
-them), and deliveries to subscribers. The cores never wait; only this driver does.
+commands of the link cores to the node's one link executor (``executor.py``: each core's
+commands run in the order the core issued them, and what several links issue together shares
+an Execute request), the circuits' to their own (``NodeCircuits.run``), and deliveries to
+subscribers. The cores never wait; only this driver does.
 
 Messages from neighbours are dispatched by family (``_handlers``: marker base class → handler):
 link messages to the EGP core of the link they came over, routing messages to the routing
@@ -17,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -52,6 +54,7 @@ from qnet.network.circuit_events import NETWORK_PURPOSE_BASE, CircuitMessage
 from qnet.network.datagram import DatagramCore, DatagramMessage, DatagramReceived, Forward
 from qnet.network.routing_events import RouteEntry, RoutingMessage
 from qnet.node.circuit_driver import CircuitHandle, NodeCircuits
+from qnet.node.executor import CommandQueue, NodeExecutor
 from qnet.node.interfaces import ChannelAccess, PeerTransport
 from qnet.node.peer_wire import WireMessage
 from qnet.node.physical_ops import operations
@@ -93,8 +96,7 @@ class LinkCounters:
 class _Link:
     peer: str
     core: EgpCore
-    commands: trio.MemorySendChannel[PhysicalCommand]
-    pending: trio.MemoryReceiveChannel[PhysicalCommand]
+    commands: CommandQueue
     subscribers: list[trio.MemorySendChannel[UpperEvent]] = field(default_factory=list)
     counters: LinkCounters = field(default_factory=LinkCounters)
 
@@ -132,13 +134,21 @@ class NodeRuntime:
         #: KEEP halves link-layer clients hold, per link (``set_upper_held``).
         self._client_held: dict[str, int] = {}
         self._upper_reported: set[str] = set()
+        #: Qubits applications hold (allocated, or pairs and teleported qubits they took).
+        self._app_qubits: set[int] = set()
+        #: Applications waiting for a qubit while the memory is full (``allocate_qubit``).
+        self._app_waiting = 0
+        self._memory_changed = trio.Event()
         self.ready = trio.Event()
         #: Messages from neighbours refused here or by a link core (routing counts its own).
         self.protocol_errors = 0
+        self._executor = NodeExecutor(name, channel, self.now)
+        # Routing and circuits send through the link layers' acknowledgement carrier.
+        carrier = _AckCarrier(transport, self)
         self.routing = NodeRouting(
             name,
             topology,
-            transport,
+            carrier,
             clock,
             on_output=self._poke,
             on_neighbour=self._neighbour_changed,
@@ -147,7 +157,7 @@ class NodeRuntime:
             name,
             topology,
             channel,
-            transport,
+            carrier,
             clock,
             create=self.create,
             cancel=self.cancel,
@@ -220,6 +230,49 @@ class NodeRuntime:
             raise InvalidArgument(f"held qubits must be an integer ≥ 0, got {count!r}")
         self._client_held[peer] = count
         self._flush(link)
+
+    def hold_qubits(self, qubits: Iterable[int]) -> None:
+        """Count qubits an application took against the node's memory until released."""
+        self._app_qubits.update(qubits)
+        self._balance_memory()
+
+    def release_qubits(self, qubits: Iterable[int]) -> None:
+        self._app_qubits.difference_update(qubits)
+        self._balance_memory()
+
+    @property
+    def app_qubits(self) -> frozenset[int]:
+        return frozenset(self._app_qubits)
+
+    def memory_changed(self) -> None:
+        """The transport layer took or gave back qubits: share the rest between the links."""
+        self._balance_memory()
+
+    async def allocate_qubit(self, *, timeout_ns: int) -> int:
+        """A qubit in |0⟩ for an application, counted as held by it (``hold_qubits``).
+
+        Applications come before the link layers: while one waits, the link cores count it
+        against their memory, so they stop arming new attempts and the first qubit that frees
+        is the application's. ``NoMemory`` after ``timeout_ns`` of physical time."""
+        deadline = self.now() + timeout_ns
+        self._app_waiting += 1
+        try:
+            while True:
+                try:
+                    (qubit,) = await self.channel.allocate(1)
+                except NoMemory:
+                    if self.now() >= deadline:
+                        raise
+                    self._balance_memory()
+                    changed = self._memory_changed
+                    with trio.move_on_at(self.clock.trio_time(deadline)):
+                        await changed.wait()
+                    continue
+                break
+        finally:
+            self._app_waiting -= 1
+        self.hold_qubits((qubit,))
+        return qubit
 
     def subscribe(self, peer: str) -> trio.MemoryReceiveChannel[UpperEvent]:
         """Every OK and ERR of the link to ``peer`` from now on, whoever asked. KEEP pairs'
@@ -320,18 +373,21 @@ class NodeRuntime:
                 remote=self.topology.node(peer).params,
                 rto_ns=self._rto_ns,
                 latency_ns=self._latency_ns,
+                # Between daemons (a retransmission timeout is given) an acknowledgement
+                # waits up to a quarter of it for other messages to travel with; in qnet.sim
+                # messages cost little and acknowledgements go at once.
+                ack_delay_ns=(self._rto_ns or 0) // 4,
             )
-            send, recv = trio.open_memory_channel[PhysicalCommand](math.inf)
             core = EgpCore(config, rng=random.Random(rng.random()))
-            self._links[peer] = _Link(peer, core, send, recv)
+            commands = self._executor.queue(_LinkCommands(self, peer))
+            self._links[peer] = _Link(peer, core, commands)
         # Routing starts before the transport, which may report links up at once.
         self.routing.start()
         async with self.channel.heralds() as heralds, trio.open_nursery() as nursery:
             await nursery.start(
                 partial(self.transport.run, self._on_messages, link_changed=self._link_changed)
             )
-            for link in self._links.values():
-                nursery.start_soon(self._execute, link)
+            nursery.start_soon(self._executor.run)
             await nursery.start(self.circuits.run)
             await nursery.start(self.transport_layer.run)
             nursery.start_soon(self._timers)
@@ -501,13 +557,22 @@ class NodeRuntime:
                     self._upper_reported.add(peer)
                     link.core.set_upper_held(upper, now)
             used = {peer: link.core.memory_used() for peer, link in self._links.items()}
-            total = sum(used.values())
+            # Qubits out of the link layers' hands: the applications', the transport layer's
+            # buffered pairs and teleport halves, and a slot per application waiting for one.
+            total = (
+                sum(used.values())
+                + len(self._app_qubits)
+                + self._app_waiting
+                + self.transport_layer.core.held_count()
+            )
             for peer, link in self._links.items():
                 link.core.set_memory_elsewhere(total - used[peer], now)
                 if link.core.has_outputs:
                     self._flush(link)
         finally:
             self._balancing = False
+        self._memory_changed.set()
+        self._memory_changed = trio.Event()
 
     def _deliver(self, link: _Link, event: UpperEvent) -> bool:
         """Count and hand out an event; True if it is the network layer's to take."""
@@ -534,76 +599,86 @@ class NodeRuntime:
             link.commands.send_nowait(Free(0, (event.qubit,)))
         return False
 
-    async def _execute(self, link: _Link) -> None:
-        """Run the link's physical commands in order, feeding results back to its core.
-
-        Whatever queued up while the previous batch ran goes to the backend as one Execute
-        request: per-call cost dominates, so the busier the link, the larger the batches.
-        """
-        while True:
-            commands = [await link.pending.receive()]
-            while True:
-                try:
-                    commands.append(link.pending.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            error: QnetError | None = None
-            try:
-                await self._run_batch(link, commands)
-            except QnetError as exc:
-                error = exc
-                log.error(
-                    "%s: backend request for link to %s failed: %s", self.name, link.peer, exc
-                )
-            for cmd in commands:
-                if isinstance(cmd, _HostedOps):
-                    cmd.finish(error or Unreachable("not run", node=self.name))
-            self._flush(link)
-
-    async def _run_batch(self, link: _Link, commands: list[PhysicalCommand]) -> None:
-        ops: list[pb.Operation] = []
-        owners: list[PhysicalCommand] = []
-        for cmd in commands:
-            for op in cmd.ops if isinstance(cmd, _HostedOps) else operations(link.peer, cmd):
-                ops.append(op)
-                owners.append(cmd)
-        start = 0
-        while start < len(ops):
-            resp = await self.channel.execute(ops[start:])
-            now = self.now()
-            for i, result in enumerate(resp.results):
-                cmd = owners[start + i]
-                if isinstance(cmd, MeasureQubit):
-                    link.core.on_measured(cmd.tag, result.outcome, now)
-                elif isinstance(cmd, _HostedOps):
-                    cmd.results.append(result)
-            if not resp.HasField("failure"):
-                return
-            failed = start + resp.failure.index
-            cmd = owners[failed]
-            if isinstance(cmd, Arm) and resp.failure.error_type == NoMemory.__name__:
-                link.core.on_no_memory(now)
-            elif isinstance(cmd, _HostedOps):
-                failure = resp.failure
-                cmd.finish(error_from_wire(failure.error_type, failure.message, node=self.name))
-            else:
-                # E.g. a qubit freed under us by a racing disarm: say so, and go on.
-                log.warning(
-                    "%s: %s on link to %s failed: %s",
-                    self.name,
-                    type(cmd).__name__,
-                    link.peer,
-                    resp.failure.message,
-                )
-            start = failed + 1
-            while start < len(ops) and owners[start] is cmd:
-                start += 1  # the rest of a failed command's operations would act on bad state
-
     def _link(self, peer: str) -> _Link:
         try:
             return self._links[peer]
         except KeyError:
             raise NotFound(f"{peer!r} is not a neighbour", node=self.name) from None
+
+
+class _LinkCommands:
+    """A link core's side of the node's executor (``executor.CommandOwner``)."""
+
+    def __init__(self, runtime: NodeRuntime, peer: str) -> None:
+        self._runtime = runtime
+        self._peer = peer
+
+    @property
+    def _link(self) -> _Link:
+        return self._runtime._links[self._peer]
+
+    def operations(self, cmd: PhysicalCommand) -> Sequence[pb.Operation]:
+        return cmd.ops if isinstance(cmd, _HostedOps) else operations(self._link.peer, cmd)
+
+    def on_result(self, cmd: PhysicalCommand, result: pb.OperationResult, now: int) -> None:
+        if isinstance(cmd, MeasureQubit):
+            self._link.core.on_measured(cmd.tag, result.outcome, now)
+        elif isinstance(cmd, _HostedOps):
+            cmd.results.append(result)
+
+    def on_failure(self, cmd: PhysicalCommand, failure: pb.OperationFailure, now: int) -> None:
+        if isinstance(cmd, Arm) and failure.error_type == NoMemory.__name__:
+            self._link.core.on_no_memory(now)
+        elif isinstance(cmd, _HostedOps):
+            node = self._runtime.name
+            cmd.finish(error_from_wire(failure.error_type, failure.message, node=node))
+        else:
+            # E.g. a qubit freed under us by a racing disarm: say so, and go on.
+            log.warning(
+                "%s: %s on link to %s failed: %s",
+                self._runtime.name,
+                type(cmd).__name__,
+                self._link.peer,
+                failure.message,
+            )
+
+    def after_batch(self, cmds: list[PhysicalCommand], error: QnetError | None) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, _HostedOps):
+                cmd.finish(error or Unreachable("not run", node=self._runtime.name))
+        self._runtime._flush(self._link)
+
+
+class _AckCarrier:
+    """The peer transport as the network layer's drivers see it: messages to a neighbour
+    take along the acknowledgements its link core holds back (``EgpConfig.ack_delay_ns``),
+    which would otherwise cost a gRPC message of their own."""
+
+    def __init__(self, transport: PeerTransport, runtime: NodeRuntime) -> None:
+        self._transport = transport
+        self._runtime = runtime
+
+    def send(self, peer: str, messages: Sequence[WireMessage]) -> None:
+        link = self._runtime._links.get(peer)
+        if link is not None:
+            acks = link.core.take_acks(self._runtime.now())
+            if acks:
+                messages = [*messages, *acks]
+        self._transport.send(peer, messages)
+
+    def connected(self, peer: str) -> bool:
+        return self._transport.connected(peer)
+
+    async def run(
+        self,
+        deliver: Callable[[str, Sequence[WireMessage]], None],
+        *,
+        link_changed: Callable[[str, bool], None] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The wrapped transport's (the node runs that one itself; this only completes the
+        ``PeerTransport`` protocol)."""
+        await self._transport.run(deliver, link_changed=link_changed, task_status=task_status)
 
 
 @dataclass(eq=False)

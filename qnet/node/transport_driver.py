@@ -17,6 +17,8 @@ inputs and outputs (see the driver contract in ``qnet.transport``):
 - physical commands run in order in one executor task, batched into ``Execute`` calls, and
   events the core emitted after a command reach the application only after it ran.
 - events go to the application API (``qnet.sockets``) through ``subscribe``.
+- memory: the qubits the core holds (``held_count``) count against the node's memory; a
+  change re-shares it between the links (``runtime.memory_changed``).
 """
 
 from __future__ import annotations
@@ -100,9 +102,18 @@ class NodeTransport:
         self._sockets: Sockets | None = None
         self.protocol_errors = 0
         self.dropped_sends = 0
+        #: ``core.held_count()`` when the node's memory was last re-shared.
+        self._held = 0
 
     def now(self) -> int:
         return self.clock.now_ns()
+
+    @property
+    def default_min_fidelity(self) -> float:
+        """A connection's end-to-end fidelity target when its application names none: the
+        threshold the network's routing costs links at. Without it a connection would get the
+        fastest pairs the links can make, which on a few hops are barely entangled."""
+        return self._runtime.topology.routing.fidelity_threshold
 
     def socket(self) -> Socket:
         """A new socket of this node's transport layer (``qnet.sockets``)."""
@@ -182,6 +193,12 @@ class NodeTransport:
         self._progress.set()
         self._progress = trio.Event()
         self._on_output()
+        # Pairs the core buffers and qubits waiting to be teleported fill the node's memory
+        # like the link layers' own: the links must arm for what is left.
+        held = self.core.held_count()
+        if held != self._held:
+            self._held = held
+            self._runtime.memory_changed()
 
     def _place(self, outputs: list[Output]) -> None:
         for out in outputs:

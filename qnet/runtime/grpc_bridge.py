@@ -102,22 +102,34 @@ class _TrioToThread(Generic[T]):
 
     A slot is reserved before the item is made and freed when the thread takes the item. Create
     and use the trio side in the trio thread; `take`/`iterate` run in the consuming thread.
+
+    The two sides share two counters, each written by one side only (items reserved, by trio;
+    items taken, by the thread), so a take costs the trio thread nothing unless a producer
+    waits for room: a wake-up of the trio thread per item would double the cost of a stream
+    message. A producer that finds no room says it waits, then looks again, and the thread
+    takes, then looks whether anyone waits: one of them sees the other.
     """
 
     def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
         self._token = token
-        self._free = size
+        self._size = size
+        self._reserved = 0  # trio side only
+        self._taken = 0  # consuming thread only
+        self._waiting = False
         self._space = trio.Event()
         self._broken = False
         self._queue: queue.SimpleQueue[_Item[T] | _Stop] = queue.SimpleQueue()
 
     async def reserve(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self._free <= 0 and not self._broken:
+        while self._reserved - self._taken >= self._size and not self._broken:
+            self._waiting = True
+            if self._reserved - self._taken < self._size:
+                break  # the thread took one meanwhile
             await self._space.wait()
         if self._broken:
             raise trio.BrokenResourceError("the gRPC side of the stream has gone")
-        self._free -= 1
+        self._reserved += 1
 
     def push(self, value: T) -> None:
         """Hand over an item; call only after `reserve`."""
@@ -132,14 +144,17 @@ class _TrioToThread(Generic[T]):
         self._space.set()
 
     def _release(self) -> None:
-        self._free += 1
+        # Every waiting producer wakes and looks again (and says again that it waits).
+        self._waiting = False
         self._space.set()
         self._space = trio.Event()
 
     def take(self) -> _Item[T] | _Stop:
         msg = self._queue.get()
         if isinstance(msg, _Item):
-            _soon(self._token, self._release)
+            self._taken += 1
+            if self._waiting:
+                _soon(self._token, self._release)
         return msg
 
     def iterate(self) -> Iterator[T]:

@@ -15,6 +15,8 @@ silence with ``silent=True``), and it comes back with fresh cores.
     async with qnet.sim.open_network(load_topology("examples/chain4.toml")) as net:
         alice = net.node("alice")
         alice.route("bob").path        # ("alice", "r1", "r2", "bob")
+        async with net.open_node("alice") as app:   # the application API (qnet.api.aio)
+            sock = app.socket()
         await net.stop_node("r1")
 """
 
@@ -24,15 +26,15 @@ import contextlib
 import random
 import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 import trio.testing
 
 from qnet.channel.server import ChannelServer
-from qnet.errors import FailedPrecondition, QnetError, Timeout
+from qnet.errors import FailedPrecondition, NotFound, QnetError, Timeout
 from qnet.network.routing_config import RoutingConfig, convergence_bound_ns
 from qnet.node.local_channel import LocalSession
 from qnet.node.memory_transport import MemoryNetwork
@@ -42,6 +44,9 @@ from qnet.physical.channel_core import ChannelCore
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
+
+if TYPE_CHECKING:
+    from qnet.api.aio import AsyncNode
 
 T = TypeVar("T")
 
@@ -63,6 +68,16 @@ class SimNetwork:
 
     def node(self, name: str) -> NodeRuntime:
         return self.nodes[name]
+
+    def open_node(self, name: str) -> AbstractAsyncContextManager[AsyncNode]:
+        """The application API on node ``name`` (as ``qnet.open_node`` gives for a daemon):
+        ``async with net.open_node("alice") as alice: sock = alice.socket() …``."""
+        from qnet.api.aio import open_node
+
+        if name not in self.nodes:
+            known = ", ".join(sorted(self.nodes))
+            raise NotFound(f"no running node {name!r} in the simulation (running: {known})")
+        return open_node(self.nodes[name])
 
     @property
     def core(self) -> ChannelCore:

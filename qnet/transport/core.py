@@ -506,6 +506,10 @@ class TransportCore:
         held += self._circuits.held_qubits()
         return held
 
+    def held_count(self) -> int:
+        """How many qubits ``held_qubits`` lists (the node counts them against memory)."""
+        return len(self.held_qubits())
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _new_connection(

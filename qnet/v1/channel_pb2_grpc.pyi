@@ -54,6 +54,13 @@ class ChannelStub:
     StartGeneration: _grpc.UnaryUnaryMultiCallable[_channel_pb2.StartGenerationRequest, _channel_pb2.StartGenerationResponse]
     StopGeneration: _grpc.UnaryUnaryMultiCallable[_channel_pb2.StopGenerationRequest, _channel_pb2.StopGenerationResponse]
     Execute: _grpc.UnaryUnaryMultiCallable[_channel_pb2.ExecuteRequest, _channel_pb2.ExecuteResponse]
+    ExecuteStream: _grpc.StreamStreamMultiCallable[_channel_pb2.ExecuteRequest, _channel_pb2.ExecuteResponse]
+    """Execute over one long-lived stream: each request is run as Execute runs it and answered
+    by one response, in request order (the k-th response answers the k-th request). A stream
+    message costs grpcio about half of a unary call, and a node executes several times per
+    pair. A request Execute would refuse (unknown session, too many operations) ends the
+    stream with that status.
+    """
     Events: _grpc.UnaryStreamMultiCallable[_channel_pb2.EventsRequest, _channel_pb2.Event]
     Now: _grpc.UnaryUnaryMultiCallable[_channel_pb2.NowRequest, _channel_pb2.NowResponse]
     Health: _grpc.UnaryUnaryMultiCallable[_channel_pb2.HealthRequest, _channel_pb2.HealthResponse]
@@ -71,6 +78,13 @@ class ChannelAsyncStub(ChannelStub):
     StartGeneration: _aio.UnaryUnaryMultiCallable[_channel_pb2.StartGenerationRequest, _channel_pb2.StartGenerationResponse]  # type: ignore[assignment]
     StopGeneration: _aio.UnaryUnaryMultiCallable[_channel_pb2.StopGenerationRequest, _channel_pb2.StopGenerationResponse]  # type: ignore[assignment]
     Execute: _aio.UnaryUnaryMultiCallable[_channel_pb2.ExecuteRequest, _channel_pb2.ExecuteResponse]  # type: ignore[assignment]
+    ExecuteStream: _aio.StreamStreamMultiCallable[_channel_pb2.ExecuteRequest, _channel_pb2.ExecuteResponse]  # type: ignore[assignment]
+    """Execute over one long-lived stream: each request is run as Execute runs it and answered
+    by one response, in request order (the k-th response answers the k-th request). A stream
+    message costs grpcio about half of a unary call, and a node executes several times per
+    pair. A request Execute would refuse (unknown session, too many operations) ends the
+    stream with that status.
+    """
     Events: _aio.UnaryStreamMultiCallable[_channel_pb2.EventsRequest, _channel_pb2.Event]  # type: ignore[assignment]
     Now: _aio.UnaryUnaryMultiCallable[_channel_pb2.NowRequest, _channel_pb2.NowResponse]  # type: ignore[assignment]
     Health: _aio.UnaryUnaryMultiCallable[_channel_pb2.HealthRequest, _channel_pb2.HealthResponse]  # type: ignore[assignment]
@@ -145,6 +159,19 @@ class ChannelServicer(metaclass=_abc_1.ABCMeta):
         request: _channel_pb2.ExecuteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_channel_pb2.ExecuteResponse, _abc.Awaitable[_channel_pb2.ExecuteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExecuteStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_channel_pb2.ExecuteRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_channel_pb2.ExecuteResponse], _abc.AsyncIterator[_channel_pb2.ExecuteResponse]]:
+        """Execute over one long-lived stream: each request is run as Execute runs it and answered
+        by one response, in request order (the k-th response answers the k-th request). A stream
+        message costs grpcio about half of a unary call, and a node executes several times per
+        pair. A request Execute would refuse (unknown session, too many operations) ends the
+        stream with that status.
+        """
 
     @_abc_1.abstractmethod
     def Events(

@@ -11,6 +11,8 @@ Two services on the daemon's one gRPC server (beside the Peer service):
   NetworkLayer  virtual circuits to any node (routing picks the path): end-to-end pairs at
              the head (OpenCircuit) and at the tail (CircuitEvents). Their qubits are held
              for clients like KEEP qubits (LinkLayer.MeasureQubit/MeasureQubits/FreeQubits).
+  Application  the socket API (qnet.connect): one Session stream per application handle,
+             carrying its socket calls and qubit operations.
 
 As in every qnet.v1 contract, each request and response carries `protocol_version` as field
 1: the version of the qnet wire protocol the sender speaks (currently 1). Errors are gRPC
@@ -305,6 +307,9 @@ class StatusResponse(_message.Message):
     NOW_NS_FIELD_NUMBER: _builtins.int
     TIME_SCALE_FIELD_NUMBER: _builtins.int
     ROUTING_CONVERGED_FIELD_NUMBER: _builtins.int
+    QUBITS_HELD_FOR_APPS_FIELD_NUMBER: _builtins.int
+    QUBITS_HELD_BY_TRANSPORT_FIELD_NUMBER: _builtins.int
+    APP_SESSIONS_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     node: _builtins.str
     """Name of the node this daemon runs."""
@@ -314,7 +319,8 @@ class StatusResponse(_message.Message):
     """Operating-system process id of the daemon."""
     memory_qubits_total: _builtins.int
     """Number of memory qubits the node has, and how many are allocated now (held by the link
-    layer, plus delivered KEEP qubits not yet measured or freed by a client).
+    layer, plus delivered KEEP qubits not yet measured or freed by a client, plus the
+    applications' and the transport layer's, below).
     """
     memory_qubits_in_use: _builtins.int
     qubits_held_for_clients: _builtins.int
@@ -329,6 +335,14 @@ class StatusResponse(_message.Message):
     time_scale: _builtins.float
     routing_converged: _builtins.bool
     """Routing has converged: its table answers (see Routes)."""
+    qubits_held_for_apps: _builtins.int
+    """Qubits applications hold (allocated, or pairs and teleported qubits they took), and qubits
+    the transport layer holds for connections (pairs not yet taken, qubits waiting to be
+    teleported); both part of memory_qubits_in_use.
+    """
+    qubits_held_by_transport: _builtins.int
+    app_sessions: _builtins.int
+    """Open Application sessions."""
     @_builtins.property
     def neighbours(self) -> _containers.RepeatedCompositeFieldContainer[Global___NeighbourStatus]:
         """Neighbours in topology order."""
@@ -350,10 +364,13 @@ class StatusResponse(_message.Message):
         now_ns: _builtins.int = ...,
         time_scale: _builtins.float = ...,
         routing_converged: _builtins.bool = ...,
+        qubits_held_for_apps: _builtins.int = ...,
+        qubits_held_by_transport: _builtins.int = ...,
+        app_sessions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "memory_qubits_in_use", b"memory_qubits_in_use", "memory_qubits_total", b"memory_qubits_total", "neighbours", b"neighbours", "network", b"network", "node", b"node", "now_ns", b"now_ns", "pid", b"pid", "protocol_version", b"protocol_version", "qubits_held_for_clients", b"qubits_held_for_clients", "resident_memory_bytes", b"resident_memory_bytes", "routing_converged", b"routing_converged", "time_scale", b"time_scale", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_sessions", b"app_sessions", "channel", b"channel", "memory_qubits_in_use", b"memory_qubits_in_use", "memory_qubits_total", b"memory_qubits_total", "neighbours", b"neighbours", "network", b"network", "node", b"node", "now_ns", b"now_ns", "pid", b"pid", "protocol_version", b"protocol_version", "qubits_held_by_transport", b"qubits_held_by_transport", "qubits_held_for_apps", b"qubits_held_for_apps", "qubits_held_for_clients", b"qubits_held_for_clients", "resident_memory_bytes", b"resident_memory_bytes", "routing_converged", b"routing_converged", "time_scale", b"time_scale", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1627,3 +1644,736 @@ class CircuitEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___CircuitEvent: _TypeAlias = CircuitEvent  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    BIND_FIELD_NUMBER: _builtins.int
+    LISTEN_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
+    CONNECT_FIELD_NUMBER: _builtins.int
+    SEND_FIELD_NUMBER: _builtins.int
+    RECV_FIELD_NUMBER: _builtins.int
+    EPR_FIELD_NUMBER: _builtins.int
+    EPR_MEASURE_FIELD_NUMBER: _builtins.int
+    SEND_QUBIT_FIELD_NUMBER: _builtins.int
+    RECV_QUBIT_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    WAIT_CLOSED_FIELD_NUMBER: _builtins.int
+    ALLOCATE_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def bind(self) -> Global___SocketBind: ...
+    @_builtins.property
+    def listen(self) -> Global___SocketListen: ...
+    @_builtins.property
+    def accept(self) -> Global___SocketAccept: ...
+    @_builtins.property
+    def connect(self) -> Global___SocketConnect: ...
+    @_builtins.property
+    def send(self) -> Global___SocketSend: ...
+    @_builtins.property
+    def recv(self) -> Global___SocketRecv: ...
+    @_builtins.property
+    def epr(self) -> Global___SocketEpr: ...
+    @_builtins.property
+    def epr_measure(self) -> Global___SocketEprMeasure: ...
+    @_builtins.property
+    def send_qubit(self) -> Global___SocketSendQubit: ...
+    @_builtins.property
+    def recv_qubit(self) -> Global___SocketRecvQubit: ...
+    @_builtins.property
+    def close(self) -> Global___SocketClose: ...
+    @_builtins.property
+    def wait_closed(self) -> Global___SocketWaitClosed: ...
+    @_builtins.property
+    def allocate(self) -> Global___QubitAllocate: ...
+    @_builtins.property
+    def gate(self) -> Global___QubitGate: ...
+    @_builtins.property
+    def measure(self) -> Global___QubitMeasure: ...
+    @_builtins.property
+    def free(self) -> Global___QubitFree: ...
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        id: _builtins.int = ...,
+        bind: Global___SocketBind | None = ...,
+        listen: Global___SocketListen | None = ...,
+        accept: Global___SocketAccept | None = ...,
+        connect: Global___SocketConnect | None = ...,
+        send: Global___SocketSend | None = ...,
+        recv: Global___SocketRecv | None = ...,
+        epr: Global___SocketEpr | None = ...,
+        epr_measure: Global___SocketEprMeasure | None = ...,
+        send_qubit: Global___SocketSendQubit | None = ...,
+        recv_qubit: Global___SocketRecvQubit | None = ...,
+        close: Global___SocketClose | None = ...,
+        wait_closed: Global___SocketWaitClosed | None = ...,
+        allocate: Global___QubitAllocate | None = ...,
+        gate: Global___QubitGate | None = ...,
+        measure: Global___QubitMeasure | None = ...,
+        free: Global___QubitFree | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "allocate", b"allocate", "bind", b"bind", "close", b"close", "command", b"command", "connect", b"connect", "epr", b"epr", "epr_measure", b"epr_measure", "free", b"free", "gate", b"gate", "listen", b"listen", "measure", b"measure", "recv", b"recv", "recv_qubit", b"recv_qubit", "send", b"send", "send_qubit", b"send_qubit", "wait_closed", b"wait_closed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "allocate", b"allocate", "bind", b"bind", "close", b"close", "command", b"command", "connect", b"connect", "epr", b"epr", "epr_measure", b"epr_measure", "free", b"free", "gate", b"gate", "id", b"id", "listen", b"listen", "measure", b"measure", "protocol_version", b"protocol_version", "recv", b"recv", "recv_qubit", b"recv_qubit", "send", b"send", "send_qubit", b"send_qubit", "wait_closed", b"wait_closed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["bind", "listen", "accept", "connect", "send", "recv", "epr", "epr_measure", "send_qubit", "recv_qubit", "close", "wait_closed", "allocate", "gate", "measure", "free"]  # noqa: Y015
+    _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SocketBind(_message.Message):
+    """Bind the socket (created if new) to a local port, in [1, 65535]. Answer: `done`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    port: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketBind: _TypeAlias = SocketBind  # noqa: Y015
+
+@_typing.final
+class SocketListen(_message.Message):
+    """Listen on the bound port; 0 takes the node's default backlog. Answer: `done`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    BACKLOG_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    backlog: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        backlog: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketListen: _TypeAlias = SocketListen  # noqa: Y015
+
+@_typing.final
+class SocketAccept(_message.Message):
+    """The next established connection to the listening socket, as the new socket `new_socket`.
+    Answer: `accepted`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    NEW_SOCKET_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    new_socket: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        new_socket: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_socket", b"new_socket", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketAccept: _TypeAlias = SocketAccept  # noqa: Y015
+
+@_typing.final
+class SocketConnect(_message.Message):
+    """Connect the socket (created if new; bound or not) to port `port` of node `node`, with pairs
+    of at least `min_fidelity` at delivery, in [0, 1]; unset: the network's routing fidelity
+    threshold. Answer: `connected`, once the connection and its circuit are open.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    MIN_FIDELITY_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    node: _builtins.str
+    port: _builtins.int
+    min_fidelity: _builtins.float
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        node: _builtins.str = ...,
+        port: _builtins.int = ...,
+        min_fidelity: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_fidelity", b"_min_fidelity", "min_fidelity", b"min_fidelity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_fidelity", b"_min_fidelity", "min_fidelity", b"min_fidelity", "node", b"node", "port", b"port", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_fidelity: _TypeAlias = _typing.Literal["min_fidelity"]  # noqa: Y015
+    _WhichOneofArgType__min_fidelity: _TypeAlias = _typing.Literal["_min_fidelity", b"_min_fidelity"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_fidelity) -> _WhichOneofReturnType__min_fidelity | None: ...
+
+Global___SocketConnect: _TypeAlias = SocketConnect  # noqa: Y015
+
+@_typing.final
+class SocketSend(_message.Message):
+    """Queue a message (ordered, reliable); answered `done` once the peer's window has room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketSend: _TypeAlias = SocketSend  # noqa: Y015
+
+@_typing.final
+class SocketRecv(_message.Message):
+    """The next message. Answer: `data` (with `end` once the peer closed and all were read)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketRecv: _TypeAlias = SocketRecv  # noqa: Y015
+
+@_typing.final
+class SocketEpr(_message.Message):
+    """This end's half of the next pair of the epr stream, corrected to Φ+. Answer: `qubit`, held
+    by the session.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketEpr: _TypeAlias = SocketEpr  # noqa: Y015
+
+@_typing.final
+class SocketEprMeasure(_message.Message):
+    """Outcomes of the next `count` (≥ 1) pairs of the measure-directly stream; both ends ask.
+    `bases`: one basis for every pair, or one per pair (`count` of them); none means Z.
+    Answer: `outcomes`, in pair order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    BASES_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def bases(self) -> _containers.RepeatedScalarFieldContainer[_channel_pb2.Basis.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        count: _builtins.int = ...,
+        bases: _abc.Iterable[_channel_pb2.Basis.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bases", b"bases", "count", b"count", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketEprMeasure: _TypeAlias = SocketEprMeasure  # noqa: Y015
+
+@_typing.final
+class SocketSendQubit(_message.Message):
+    """Teleport a qubit the session holds to the peer; answered `done` once it went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    QUBIT_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    qubit: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        qubit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qubit", b"qubit", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketSendQubit: _TypeAlias = SocketSendQubit  # noqa: Y015
+
+@_typing.final
+class SocketRecvQubit(_message.Message):
+    """The next teleported qubit, corrected. Answer: `qubit`, held by the session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketRecvQubit: _TypeAlias = SocketRecvQubit  # noqa: Y015
+
+@_typing.final
+class SocketClose(_message.Message):
+    """Close the socket's output (the peer's recv then ends); a listening socket stops listening.
+    Answer: `done`, at once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketClose: _TypeAlias = SocketClose  # noqa: Y015
+
+@_typing.final
+class SocketWaitClosed(_message.Message):
+    """Wait until both ends closed cleanly (or the connection's error). Answer: `done`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketWaitClosed: _TypeAlias = SocketWaitClosed  # noqa: Y015
+
+@_typing.final
+class QubitAllocate(_message.Message):
+    """A fresh qubit in |0⟩ from the node's memory (RESOURCE_EXHAUSTED "NoMemory" when it is
+    full). Answer: `qubit`, held by the session.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QubitAllocate: _TypeAlias = QubitAllocate  # noqa: Y015
+
+@_typing.final
+class QubitGate(_message.Message):
+    """Apply `gate` to qubits the session holds (CNOT: control first); `angle` in radians for RX,
+    RY, RZ. Answer: `done`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATE_FIELD_NUMBER: _builtins.int
+    QUBITS_FIELD_NUMBER: _builtins.int
+    ANGLE_FIELD_NUMBER: _builtins.int
+    gate: _channel_pb2.Gate.ValueType
+    angle: _builtins.float
+    @_builtins.property
+    def qubits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        gate: _channel_pb2.Gate.ValueType = ...,
+        qubits: _abc.Iterable[_builtins.int] | None = ...,
+        angle: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["angle", b"angle", "gate", b"gate", "qubits", b"qubits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QubitGate: _TypeAlias = QubitGate  # noqa: Y015
+
+@_typing.final
+class QubitMeasure(_message.Message):
+    """Measure and free a qubit the session holds. Answer: `outcomes` with one entry, 0 for the
+    basis's +1 eigenstate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUBIT_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    qubit: _builtins.int
+    basis: _channel_pb2.Basis.ValueType
+    def __init__(
+        self,
+        *,
+        qubit: _builtins.int = ...,
+        basis: _channel_pb2.Basis.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "qubit", b"qubit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QubitMeasure: _TypeAlias = QubitMeasure  # noqa: Y015
+
+@_typing.final
+class QubitFree(_message.Message):
+    """Free a qubit the session holds. Answer: `done`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUBIT_FIELD_NUMBER: _builtins.int
+    qubit: _builtins.int
+    def __init__(
+        self,
+        *,
+        qubit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qubit", b"qubit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QubitFree: _TypeAlias = QubitFree  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    QUBIT_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    protocol_version: _builtins.int
+    id: _builtins.int
+    """The request answered; 0 for `opened`."""
+    @_builtins.property
+    def opened(self) -> Global___SessionOpened: ...
+    @_builtins.property
+    def error(self) -> Global___SessionError: ...
+    @_builtins.property
+    def done(self) -> Global___SessionDone: ...
+    @_builtins.property
+    def accepted(self) -> Global___SocketAccepted: ...
+    @_builtins.property
+    def connected(self) -> Global___SocketConnected: ...
+    @_builtins.property
+    def data(self) -> Global___SocketData: ...
+    @_builtins.property
+    def qubit(self) -> Global___AppQubit: ...
+    @_builtins.property
+    def outcomes(self) -> Global___Outcomes: ...
+    def __init__(
+        self,
+        *,
+        protocol_version: _builtins.int = ...,
+        id: _builtins.int = ...,
+        opened: Global___SessionOpened | None = ...,
+        error: Global___SessionError | None = ...,
+        done: Global___SessionDone | None = ...,
+        accepted: Global___SocketAccepted | None = ...,
+        connected: Global___SocketConnected | None = ...,
+        data: Global___SocketData | None = ...,
+        qubit: Global___AppQubit | None = ...,
+        outcomes: Global___Outcomes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "connected", b"connected", "data", b"data", "done", b"done", "error", b"error", "opened", b"opened", "outcomes", b"outcomes", "qubit", b"qubit", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "connected", b"connected", "data", b"data", "done", b"done", "error", b"error", "id", b"id", "opened", b"opened", "outcomes", b"outcomes", "protocol_version", b"protocol_version", "qubit", b"qubit", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["opened", "error", "done", "accepted", "connected", "data", "qubit", "outcomes"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionOpened(_message.Message):
+    """The session is open on node `node`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionOpened: _TypeAlias = SessionOpened  # noqa: Y015
+
+@_typing.final
+class SessionError(_message.Message):
+    """The request failed: `type` is the qnet error type (e.g. "Timeout", "NotFound"), `node` the
+    node that raised it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    message: _builtins.str
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        message: _builtins.str = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "node", b"node", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionError: _TypeAlias = SessionError  # noqa: Y015
+
+@_typing.final
+class SessionDone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionDone: _TypeAlias = SessionDone  # noqa: Y015
+
+@_typing.final
+class SocketAccepted(_message.Message):
+    """This end's port and the peer's (node, port)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_FIELD_NUMBER: _builtins.int
+    LOCAL_PORT_FIELD_NUMBER: _builtins.int
+    PEER_NODE_FIELD_NUMBER: _builtins.int
+    PEER_PORT_FIELD_NUMBER: _builtins.int
+    socket: _builtins.int
+    local_port: _builtins.int
+    peer_node: _builtins.str
+    peer_port: _builtins.int
+    def __init__(
+        self,
+        *,
+        socket: _builtins.int = ...,
+        local_port: _builtins.int = ...,
+        peer_node: _builtins.str = ...,
+        peer_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_port", b"local_port", "peer_node", b"peer_node", "peer_port", b"peer_port", "socket", b"socket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketAccepted: _TypeAlias = SocketAccepted  # noqa: Y015
+
+@_typing.final
+class SocketConnected(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCAL_PORT_FIELD_NUMBER: _builtins.int
+    PEER_NODE_FIELD_NUMBER: _builtins.int
+    PEER_PORT_FIELD_NUMBER: _builtins.int
+    local_port: _builtins.int
+    peer_node: _builtins.str
+    peer_port: _builtins.int
+    def __init__(
+        self,
+        *,
+        local_port: _builtins.int = ...,
+        peer_node: _builtins.str = ...,
+        peer_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_port", b"local_port", "peer_node", b"peer_node", "peer_port", b"peer_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketConnected: _TypeAlias = SocketConnected  # noqa: Y015
+
+@_typing.final
+class SocketData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    end: _builtins.bool
+    """The peer closed its output and every message was read (`data` is empty)."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        end: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "end", b"end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SocketData: _TypeAlias = SocketData  # noqa: Y015
+
+@_typing.final
+class AppQubit(_message.Message):
+    """A qubit handed to the application: its id at the node, the transport's fidelity estimate
+    of the pair it is half of (1 for other qubits), and which pair of the epr stream or which
+    teleported qubit it is (-1 otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FIDELITY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    fidelity: _builtins.float
+    number: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        fidelity: _builtins.float = ...,
+        number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fidelity", b"fidelity", "id", b"id", "number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppQubit: _TypeAlias = AppQubit  # noqa: Y015
+
+@_typing.final
+class Outcomes(_message.Message):
+    """Measurement outcomes: 0 for the basis's +1 eigenstate, -1 for a measurement that failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Outcomes: _TypeAlias = Outcomes  # noqa: Y015

@@ -811,3 +811,105 @@ class NetworkLayer:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ApplicationStub:
+    """--- applications ------------------------------------------------------------------------
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Session = channel.stream_stream(
+                '/qnet.v1.Application/Session',
+                request_serializer=qnet_dot_v1_dot_node__pb2.SessionRequest.SerializeToString,
+                response_deserializer=qnet_dot_v1_dot_node__pb2.SessionResponse.FromString,
+                _registered_method=True)
+
+
+class ApplicationServicer:
+    """--- applications ------------------------------------------------------------------------
+
+    """
+
+    def Session(self, request_iterator, context):
+        """One application handle's session with this node: the application sends requests, each
+        with an id of its choosing (≥ 1, unique among its unanswered requests), and the daemon
+        answers each with exactly one response carrying that id: its result or a typed error. The
+        first response (id 0) is `opened`, naming the node.
+
+        Requests on one socket run in arrival order up to the point where they wait; waiting ones
+        answer independently (a `recv` waiting for data does not hold up a `send`), and the answers
+        of one kind of call on one socket (accept, recv, epr, epr_measure outcomes, recv_qubit), and
+        of `allocate`, come in the order of their requests. A request always runs to its answer,
+        so an application that stopped waiting for one gives that answer to its next call of the
+        same kind (the socket API's semantics).
+
+        Sockets are named by the application (`socket`: any number ≥ 1 not used before in the
+        session): `bind` or `connect` on a new number creates the socket; `accept` names the number
+        of the socket it will return. Qubits are the node's qubit ids. A session may act only on
+        qubits it holds: those it allocated, and pairs and teleported qubits it took; another
+        session's qubit is PERMISSION_DENIED, any other NOT_FOUND. A qubit stops being held once
+        measured, freed or passed to `send_qubit`.
+
+        A bad request gets an error response (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION …,
+        as `SessionError`) and the session goes on. When the stream ends for any reason (the
+        application closed it, its process died, the network failed), the daemon aborts the
+        session's connections (their peers see Unreachable), stops its listeners and frees every
+        qubit the session held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ApplicationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=qnet_dot_v1_dot_node__pb2.SessionRequest.FromString,
+                    response_serializer=qnet_dot_v1_dot_node__pb2.SessionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qnet.v1.Application', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qnet.v1.Application', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Application:
+    """--- applications ------------------------------------------------------------------------
+
+    """
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/qnet.v1.Application/Session',
+            qnet_dot_v1_dot_node__pb2.SessionRequest.SerializeToString,
+            qnet_dot_v1_dot_node__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -11,6 +11,8 @@ Two services on the daemon's one gRPC server (beside the Peer service):
   NetworkLayer  virtual circuits to any node (routing picks the path): end-to-end pairs at
              the head (OpenCircuit) and at the tail (CircuitEvents). Their qubits are held
              for clients like KEEP qubits (LinkLayer.MeasureQubit/MeasureQubits/FreeQubits).
+  Application  the socket API (qnet.connect): one Session stream per application handle,
+             carrying its socket calls and qubit operations.
 
 As in every qnet.v1 contract, each request and response carries `protocol_version` as field
 1: the version of the qnet wire protocol the sender speaks (currently 1). Errors are gRPC
@@ -391,3 +393,106 @@ class NetworkLayerServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_NetworkLayerServicer_to_server(servicer: NetworkLayerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ApplicationStub:
+    """--- applications ------------------------------------------------------------------------"""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ApplicationAsyncStub: ...
+    Session: _grpc.StreamStreamMultiCallable[_node_pb2.SessionRequest, _node_pb2.SessionResponse]
+    """One application handle's session with this node: the application sends requests, each
+    with an id of its choosing (≥ 1, unique among its unanswered requests), and the daemon
+    answers each with exactly one response carrying that id: its result or a typed error. The
+    first response (id 0) is `opened`, naming the node.
+
+    Requests on one socket run in arrival order up to the point where they wait; waiting ones
+    answer independently (a `recv` waiting for data does not hold up a `send`), and the answers
+    of one kind of call on one socket (accept, recv, epr, epr_measure outcomes, recv_qubit), and
+    of `allocate`, come in the order of their requests. A request always runs to its answer,
+    so an application that stopped waiting for one gives that answer to its next call of the
+    same kind (the socket API's semantics).
+
+    Sockets are named by the application (`socket`: any number ≥ 1 not used before in the
+    session): `bind` or `connect` on a new number creates the socket; `accept` names the number
+    of the socket it will return. Qubits are the node's qubit ids. A session may act only on
+    qubits it holds: those it allocated, and pairs and teleported qubits it took; another
+    session's qubit is PERMISSION_DENIED, any other NOT_FOUND. A qubit stops being held once
+    measured, freed or passed to `send_qubit`.
+
+    A bad request gets an error response (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION …,
+    as `SessionError`) and the session goes on. When the stream ends for any reason (the
+    application closed it, its process died, the network failed), the daemon aborts the
+    session's connections (their peers see Unreachable), stops its listeners and frees every
+    qubit the session held.
+    """
+
+@_typing.type_check_only
+class ApplicationAsyncStub(ApplicationStub):
+    """--- applications ------------------------------------------------------------------------"""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Session: _aio.StreamStreamMultiCallable[_node_pb2.SessionRequest, _node_pb2.SessionResponse]  # type: ignore[assignment]
+    """One application handle's session with this node: the application sends requests, each
+    with an id of its choosing (≥ 1, unique among its unanswered requests), and the daemon
+    answers each with exactly one response carrying that id: its result or a typed error. The
+    first response (id 0) is `opened`, naming the node.
+
+    Requests on one socket run in arrival order up to the point where they wait; waiting ones
+    answer independently (a `recv` waiting for data does not hold up a `send`), and the answers
+    of one kind of call on one socket (accept, recv, epr, epr_measure outcomes, recv_qubit), and
+    of `allocate`, come in the order of their requests. A request always runs to its answer,
+    so an application that stopped waiting for one gives that answer to its next call of the
+    same kind (the socket API's semantics).
+
+    Sockets are named by the application (`socket`: any number ≥ 1 not used before in the
+    session): `bind` or `connect` on a new number creates the socket; `accept` names the number
+    of the socket it will return. Qubits are the node's qubit ids. A session may act only on
+    qubits it holds: those it allocated, and pairs and teleported qubits it took; another
+    session's qubit is PERMISSION_DENIED, any other NOT_FOUND. A qubit stops being held once
+    measured, freed or passed to `send_qubit`.
+
+    A bad request gets an error response (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION …,
+    as `SessionError`) and the session goes on. When the stream ends for any reason (the
+    application closed it, its process died, the network failed), the daemon aborts the
+    session's connections (their peers see Unreachable), stops its listeners and frees every
+    qubit the session held.
+    """
+
+class ApplicationServicer(metaclass=_abc_1.ABCMeta):
+    """--- applications ------------------------------------------------------------------------"""
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_node_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.SessionResponse], _abc.AsyncIterator[_node_pb2.SessionResponse]]:
+        """One application handle's session with this node: the application sends requests, each
+        with an id of its choosing (≥ 1, unique among its unanswered requests), and the daemon
+        answers each with exactly one response carrying that id: its result or a typed error. The
+        first response (id 0) is `opened`, naming the node.
+
+        Requests on one socket run in arrival order up to the point where they wait; waiting ones
+        answer independently (a `recv` waiting for data does not hold up a `send`), and the answers
+        of one kind of call on one socket (accept, recv, epr, epr_measure outcomes, recv_qubit), and
+        of `allocate`, come in the order of their requests. A request always runs to its answer,
+        so an application that stopped waiting for one gives that answer to its next call of the
+        same kind (the socket API's semantics).
+
+        Sockets are named by the application (`socket`: any number ≥ 1 not used before in the
+        session): `bind` or `connect` on a new number creates the socket; `accept` names the number
+        of the socket it will return. Qubits are the node's qubit ids. A session may act only on
+        qubits it holds: those it allocated, and pairs and teleported qubits it took; another
+        session's qubit is PERMISSION_DENIED, any other NOT_FOUND. A qubit stops being held once
+        measured, freed or passed to `send_qubit`.
+
+        A bad request gets an error response (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION …,
+        as `SessionError`) and the session goes on. When the stream ends for any reason (the
+        application closed it, its process died, the network failed), the daemon aborts the
+        session's connections (their peers see Unreachable), stops its listeners and frees every
+        qubit the session held.
+        """
+
+def add_ApplicationServicer_to_server(servicer: ApplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

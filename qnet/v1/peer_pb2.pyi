@@ -285,16 +285,24 @@ class LinkAck(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MSG_IDS_FIELD_NUMBER: _builtins.int
+    DELAYS_NS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def msg_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def delays_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """How long the receiver held each acknowledgement before sending it, in ns of physical time,
+        in the order of msg_ids (empty: none held); the sender takes it out of its round trips.
+        """
+
     def __init__(
         self,
         *,
         msg_ids: _abc.Iterable[_builtins.int] | None = ...,
+        delays_ns: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_ids", b"msg_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delays_ns", b"delays_ns", "msg_ids", b"msg_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,20 +581,26 @@ Global___LinkExpire: _TypeAlias = LinkExpire  # noqa: Y015
 
 @_typing.final
 class LinkMemoryFull(_message.Message):
-    """Slave to master: the slave could not allocate memory to arm."""
+    """Slave to master: the slave could not allocate memory to arm, and has not since its last herald
+    for full_for_ns. A slave reports a streak once it has lasted half the memory wait.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MSG_ID_FIELD_NUMBER: _builtins.int
+    FULL_FOR_NS_FIELD_NUMBER: _builtins.int
     msg_id: _builtins.int
+    full_for_ns: _builtins.int
+    """How long the slave's memory has been full since its last herald, in ns (0: from now)."""
     def __init__(
         self,
         *,
         msg_id: _builtins.int = ...,
+        full_for_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_id", b"msg_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_for_ns", b"full_for_ns", "msg_id", b"msg_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
