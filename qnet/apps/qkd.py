@@ -180,8 +180,16 @@ def _choose_bases(rng: random.Random, n: int) -> list[str]:
     return [KEY_BASES[rng.getrandbits(1)] for _ in range(n)]
 
 
+#: Pairs asked for per ``epr_measure`` call: the socket's timeout then bounds a stall (no
+#: pairs for that long), not the whole run, and progress shows at the daemon call by call.
+MEASURE_CHUNK = 500
+
+
 async def _measure(sock: AsyncSocket, bases: list[str]) -> tuple[Bits, Bits, Bits]:
-    outcomes = await sock.epr_measure(len(bases), basis=bases)
+    outcomes: list[int] = []
+    for start in range(0, len(bases), MEASURE_CHUNK):
+        chunk = bases[start : start + MEASURE_CHUNK]
+        outcomes += await sock.epr_measure(len(chunk), basis=chunk)
     return bases_to_bits(bases), failed_mask(outcomes), outcome_bits(outcomes)
 
 

@@ -61,7 +61,9 @@ from qnet.network.circuit_events import (
     CircuitIncoming,
     CircuitMessage,
     CircuitOpened,
+    CircuitPause,
     CircuitReject,
+    CircuitResume,
     CircuitSetup,
     CircuitTeardown,
     CloseCode,
@@ -193,6 +195,60 @@ class CircuitCore:
             raise InvalidArgument(f"{self.node} is not an end of an open circuit {cid!r}")
         self._end(c, CloseCode.CLOSED, self.node, "closed by its end", notify=None)
 
+    def pause(self, cid: CircuitId, now: int) -> None:
+        """Stop generating pairs for circuit ``cid``, an end's request (idempotent).
+
+        This node and, told by ``CircuitPause``, every hop on the path withdraw their link
+        requests for the circuit; it stays open and keeps its reservations. Pairs made before a
+        hop's withdrawal lands still go through swapping and tracking as usual: each is
+        delivered at both ends, with the next index, or discarded at both (only the tail
+        decides), so nothing leaks and the ends stay in step. The circuit generates while
+        neither end holds it paused: this end's pause lasts until this end's ``resume``."""
+        c = self._own_end(cid)
+        self._set_paused(c, c.role, True, now, came_from=None)
+
+    def resume(self, cid: CircuitId, now: int) -> None:
+        """End this end's ``pause`` of circuit ``cid`` (idempotent): unless the other end holds
+        it paused, every hop asks its link for pairs again."""
+        c = self._own_end(cid)
+        self._set_paused(c, c.role, False, now, came_from=None)
+
+    def is_paused(self, cid: CircuitId) -> bool:
+        """Whether either end holds ``cid`` paused, as this node last heard."""
+        c = self._circuits.get(cid)
+        return c is not None and c.paused
+
+    def _own_end(self, cid: CircuitId) -> Circuit:
+        c = self._circuits.get(cid)
+        if c is None or c.role is Role.MID:
+            raise InvalidArgument(f"{self.node} is not an end of an open circuit {cid!r}")
+        return c
+
+    def _set_paused(
+        self, c: Circuit, end: Role, paused: bool, now: int, *, came_from: Side | None
+    ) -> None:
+        """End ``end``'s pause flag is now ``paused``: pass it on along the path (away from
+        ``came_from``) and start or stop this node's link requests."""
+        if (end in c.paused_by) == paused:
+            return  # nothing changes, so the hops further on already know
+        was = c.paused
+        if paused:
+            c.paused_by.add(end)
+        else:
+            c.paused_by.discard(end)
+        for side in (Side.UP, Side.DOWN):
+            if side is not came_from:
+                message = CircuitPause if paused else CircuitResume
+                self._send(c.peer(side), message(c.id[0], c.id[1]))
+        if c.paused and not was:
+            c.retry_at = None
+            if c.outstanding > 0 and c.down_peer is not None and c.label is not None:
+                # ``outstanding`` stays until the link's CANCELLED arrives: a resume before
+                # then must not start a second stream beside the one still winding down.
+                self._out.append(LinkCancel(c.down_peer, c.label))
+        elif was and not c.paused:
+            self._maybe_request(c, now)
+
     # -- from the link layer -------------------------------------------------------------------
 
     def on_link_pair(
@@ -259,7 +315,11 @@ class CircuitCore:
         if err.code is ErrorCode.UNSUPPORTED:
             self._end(c, CloseCode.UNSUPPORTED, self.node, f"link to {peer}: {err.reason}")
             return
-        c.retry_at = now + self.config.retry_ns
+        if c.paused:
+            return  # ``resume`` asks again
+        if err.code is not ErrorCode.CANCELLED:
+            # Only a pause cancels a live circuit's request: resumed since, it asks at once.
+            c.retry_at = now + self.config.retry_ns
         self._maybe_request(c, now)
 
     def on_measured(self, tag: int, outcome: int, now: int) -> None:
@@ -311,6 +371,11 @@ class CircuitCore:
             self._discarded(c, from_side, msg.seq, now, announce=False)
         elif isinstance(msg, PairComplete) and from_side is Side.DOWN:
             self._on_complete(c, msg, now)
+        elif isinstance(msg, CircuitPause | CircuitResume):
+            # Only the ends pause, and a message travels away from its end: its direction
+            # names the end.
+            end = Role.HEAD if from_side is Side.UP else Role.TAIL
+            self._set_paused(c, end, isinstance(msg, CircuitPause), now, came_from=from_side)
         else:
             self.counters["unknown_messages"] += 1
 
@@ -453,6 +518,8 @@ class CircuitCore:
         """Keep the downstream link busy while this node has room for its pairs."""
         peer = c.down_peer
         if peer is None or c.phase is not Phase.OPEN or c.outstanding > 0 or c.label is None:
+            return
+        if c.paused:
             return
         if c.retry_at is not None:
             if c.retry_at > now:

@@ -4,7 +4,8 @@ Three families cross the core's boundary, each with a marker base so a driver ca
 ``isinstance``:
 
 - ``CircuitMessage``: classical messages to the circuit core of a neighbour on the circuit's
-  path (setup, accept, reject, teardown; tracking of swapped pairs; discards; completions).
+  path (setup, accept, reject, teardown; tracking of swapped pairs; discards; completions; pause
+  and resume).
   Plain values with ``to_dict``/``message_from_dict`` so any transport can carry them.
 - commands for the node: ``ToPeer`` (a message for a neighbour), ``LinkCreate``/``LinkCancel``
   (link-layer requests on one of the node's links), and the physical layer's ``Gates``,
@@ -191,6 +192,28 @@ class PairComplete(CircuitMessage):
     index: int
     weights: tuple[float, ...]
     time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPause(CircuitMessage):
+    """Along the path, away from the end that paused the circuit (``CircuitCore.pause``):
+    the end on the sender's side wants no more pairs for now. Each hop stops its link
+    requests for the circuit and passes it on; pairs already made still complete or are
+    discarded as usual."""
+
+    type_name: ClassVar[str] = "circuit_pause"
+    head: str
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitResume(CircuitMessage):
+    """Along the path, away from the end that resumed the circuit: that end's pause is over;
+    each hop that no end holds paused asks its link for pairs again."""
+
+    type_name: ClassVar[str] = "circuit_resume"
+    head: str
+    circuit: int
 
 
 # -- commands ---------------------------------------------------------------------------------

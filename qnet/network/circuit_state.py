@@ -123,6 +123,13 @@ class Circuit:
     outstanding: int = 0
     retry_at: int | None = None
     setup_deadline: int | None = None
+    #: The ends (``Role.HEAD``/``Role.TAIL``) that hold the circuit paused, as this node last
+    #: heard: it makes no link requests for the circuit while any does.
+    paused_by: set[Role] = field(default_factory=set)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.paused_by)
 
     @property
     def up_peer(self) -> str | None:

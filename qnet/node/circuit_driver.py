@@ -3,8 +3,9 @@
 ``NodeRuntime`` owns one ``NodeCircuits``. It feeds it the neighbours' circuit messages, the
 link layer's OKs and ERRs whose ``purpose`` is a circuit label, timer firings and neighbour
 changes; this moves the core's outputs on: messages to the peer transport, link requests to
-the runtime's link cores, physical commands (swaps, corrections, frees) to one executor task
-that batches them into ``Execute`` calls, and deliveries to ``CircuitHandle``s.
+the runtime's link cores, physical commands (swaps, corrections, frees) to the node's executor
+(``executor.py``: they share ``Execute`` requests with the links' commands), and deliveries
+to ``CircuitHandle``s after the commands queued before them have run.
 
 A ``CircuitHandle`` is the network-layer service the transport layer (and tests, and
 benchmarks) use: ``open`` one towards a destination, or take one from ``incoming`` at the tail;
@@ -51,6 +52,7 @@ from qnet.network.circuit_events import (
     LinkCreate,
     ToPeer,
 )
+from qnet.node.executor import NodeExecutor
 from qnet.node.interfaces import ChannelAccess, PeerTransport
 from qnet.node.peer_wire import WireMessage
 from qnet.node.physical_ops import operations
@@ -78,7 +80,12 @@ def closed_error(closed: CircuitClosed) -> QnetError | None:
 
 
 class CircuitHandle:
-    """One end of a circuit. Pairs arrive in index order; their qubits are the receiver's."""
+    """One end of a circuit. Pairs arrive in index order; their qubits are the receiver's.
+
+    READY (for the transport driver): ``pause()``/``resume()`` stop and restart the
+    circuit's pair generation on every node of the path; ``paused`` tells whether either end
+    holds it paused. Semantics in ``pause``.
+    """
 
     def __init__(
         self, owner: NodeCircuits, cid: CircuitId, path: tuple[str, ...], remote: str
@@ -133,6 +140,37 @@ class CircuitHandle:
         """End the circuit (both ends stop; what the nodes hold is freed)."""
         self._owner.close(self.id)
 
+    def pause(self) -> None:
+        """Stop generating pairs until this end calls ``resume``; never blocks.
+
+        For a circuit whose user wants no pairs for now: otherwise every node on the path
+        keeps making pairs that the ends then free, which costs each node CPU. Every node of
+        the path withdraws its link requests for the circuit (a ``CircuitPause`` travels to
+        the other end); the circuit stays open, with its reservations.
+
+        - Pairs already made when the pause lands at a node still complete or are discarded
+          as usual, so a few may still arrive here (``receive``) after ``pause``, at both ends
+          alike, with consecutive indices. Nothing leaks; the ends stay in step.
+        - Legal at either end, and idempotent; also on a circuit not open yet (it opens
+          paused) or already ended (nothing happens).
+        - Each end's pause is its own: the circuit generates while neither end holds it
+          paused. So pause where the whole circuit's demand is known (for a transport
+          connection, the allocating end, which hears the other end's demand), or pause at
+          one end and resume at that same end.
+        """
+        self._owner.pause(self.id, True)
+
+    def resume(self) -> None:
+        """End this end's ``pause`` (idempotent): unless the other end holds the circuit
+        paused, every node of the path asks its link for pairs again."""
+        self._owner.pause(self.id, False)
+
+    @property
+    def paused(self) -> bool:
+        """Whether either end holds the circuit paused, as this node last heard (the other
+        end's pause or resume reaches here after its messages cross the path)."""
+        return self._owner.core.is_paused(self.id)
+
     async def __aenter__(self) -> CircuitHandle:
         return self
 
@@ -164,6 +202,7 @@ class NodeCircuits:
         transport: PeerTransport,
         clock: PhysicalClock,
         *,
+        executor: NodeExecutor,
         create: Callable[[str, CreateRequest], int],
         cancel: Callable[[str, int], object],
         config: CircuitConfig | None = None,
@@ -179,7 +218,8 @@ class NodeCircuits:
         self._on_output = on_output
         self._handles: dict[CircuitId, CircuitHandle] = {}
         self._incoming_send, self._incoming = trio.open_memory_channel[CircuitHandle](math.inf)
-        self._commands, self._pending = trio.open_memory_channel[PhysicalCommand](math.inf)
+        #: Swaps, corrections and frees share the node's Execute requests with its links'.
+        self._commands = executor.queue(self, first=True)
         #: The latest link request per (peer, label), to cancel when the circuit ends.
         self._requests: dict[tuple[str, int], int] = {}
         self.protocol_errors = 0
@@ -204,6 +244,16 @@ class NodeCircuits:
         if cid in self.core.circuits():
             self.core.close(cid, self.clock.now_ns())
             self._flush()
+
+    def pause(self, cid: CircuitId, paused: bool) -> None:
+        """``CircuitHandle.pause``/``resume``; nothing once the circuit has ended here."""
+        if cid not in self.core.circuits():
+            return
+        if paused:
+            self.core.pause(cid, self.clock.now_ns())
+        else:
+            self.core.resume(cid, self.clock.now_ns())
+        self._flush()
 
     @property
     def incoming(self) -> trio.MemoryReceiveChannel[CircuitHandle]:
@@ -319,58 +369,29 @@ class NodeCircuits:
                 closing._event(event)
                 closing._send.close()
 
-    # -- physical commands ---------------------------------------------------------------------
+    # -- physical commands (``executor.CommandOwner``) -----------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the core's physical commands in order, in batches (see ``NodeRuntime``)."""
-        task_status.started()
-        while True:
-            commands = [await self._pending.receive()]
-            while True:
-                try:
-                    commands.append(self._pending.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await self._run_batch([c for c in commands if not isinstance(c, _Deliver)])
-            except QnetError as exc:
-                log.error("%s: circuit commands failed: %s", self.node, exc)
-            for cmd in commands:
-                if isinstance(cmd, _Deliver):
-                    self._deliver(cmd.event)
-            self._flush()
+    def operations(self, cmd: PhysicalCommand) -> Sequence[pb.Operation]:
+        return () if isinstance(cmd, _Deliver) else operations("", cmd)
 
-    async def _run_batch(self, commands: list[PhysicalCommand]) -> None:
-        ops: list[pb.Operation] = []
-        owners: list[PhysicalCommand] = []
-        for cmd in commands:
-            for op in operations("", cmd):
-                ops.append(op)
-                owners.append(cmd)
-        start = 0
-        while start < len(ops):
-            resp = await self.channel.execute(ops[start:])
-            now = self.clock.now_ns()
-            for i, result in enumerate(resp.results):
-                cmd = owners[start + i]
-                if isinstance(cmd, MeasureQubit):
-                    self.core.on_measured(cmd.tag, result.outcome, now)
-            if not resp.HasField("failure"):
-                return
-            failed = start + resp.failure.index
-            log.warning(
-                "%s: %s for a circuit failed: %s",
-                self.node,
-                type(owners[failed]).__name__,
-                resp.failure.message,
-            )
-            cmd = owners[failed]
-            if isinstance(cmd, MeasureQubit):
-                # The swap can never complete: treat it like a lost outcome.
-                self.core.on_measured(cmd.tag, -1, now)
-            start = failed + 1
-            while start < len(ops) and owners[start] is cmd:
-                start += 1
+    def on_result(self, cmd: PhysicalCommand, result: pb.OperationResult, now: int) -> None:
+        if isinstance(cmd, MeasureQubit):
+            self.core.on_measured(cmd.tag, result.outcome, now)
+
+    def on_failure(self, cmd: PhysicalCommand, failure: pb.OperationFailure, now: int) -> None:
+        log.warning(
+            "%s: %s for a circuit failed: %s", self.node, type(cmd).__name__, failure.message
+        )
+        if isinstance(cmd, MeasureQubit):
+            # The swap can never complete: treat it like a lost outcome.
+            self.core.on_measured(cmd.tag, -1, now)
+
+    def after_batch(self, cmds: list[PhysicalCommand], error: QnetError | None) -> None:
+        """The request with ``cmds`` ran: hand out the deliveries queued behind them."""
+        for cmd in cmds:
+            if isinstance(cmd, _Deliver):
+                self._deliver(cmd.event)
+        self._flush()
 
 
 @dataclass(frozen=True, slots=True)

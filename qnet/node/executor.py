@@ -7,9 +7,18 @@ repeater's two links (re-arming after their heralds, say) share requests. Per-re
 dominates, so the busier the node, the larger its batches. Each command's owner turns it into
 operations and takes back its results; the order of the commands of any one owner is kept.
 
-The circuits' commands (swaps, corrections) keep their own queue (``NodeCircuits.run``):
-sharing this one made a nine-hop chain in qnet.sim stop making progress (a circuit delivery
-then waited on link commands queued ahead of it), and was not investigated further.
+The circuits' commands (swaps, corrections, frees) share it too, and run first in their batch.
+A link core decides to arm from accounting in which the circuit's swaps and frees issued by the
+same input have already happened (a qubit measured or freed is no longer held). Run behind
+those Arms, they left the backend's memory full when an Arm ran, and it failed with NoMemory.
+On a nine-hop chain in qnet.sim this disarmed a repeater's inner link early; its outer link
+then re-armed every qubit that freed (it comes first when the node shares out its memory), so
+the inner link never got one back and the chain stopped delivering. Both are queued by the
+same input, so they meet in the same batch, and running the circuits' first keeps the backend
+in step with the accounting. The circuits' commands act only on pairs already made, so they
+never need a link command of their batch to run before them. (A link left with nothing armed
+by a real memory shortage can still wait behind a busy sibling that re-arms every qubit that
+frees: the node's share-out of memory does not yet guarantee each working link one qubit.)
 """
 
 from __future__ import annotations
@@ -66,8 +75,12 @@ class NodeExecutor:
         self._send, self._recv = trio.open_memory_channel[tuple[CommandOwner, PhysicalCommand]](
             math.inf
         )
+        self._first: CommandOwner | None = None
 
-    def queue(self, owner: CommandOwner) -> CommandQueue:
+    def queue(self, owner: CommandOwner, *, first: bool = False) -> CommandQueue:
+        """``owner``'s handle; ``first``: its commands run before the others' of a batch."""
+        if first:
+            self._first = owner
         return CommandQueue(self, owner)
 
     async def run(self) -> None:
@@ -78,6 +91,8 @@ class NodeExecutor:
                     batch.append(self._recv.receive_nowait())
                 except trio.WouldBlock:
                     break
+            # The circuits' commands go first (see the module's docstring).
+            batch.sort(key=lambda entry: entry[0] is not self._first)
             error: QnetError | None = None
             try:
                 await self._run_batch(batch)

@@ -5,7 +5,7 @@ and outputs: heralds from the channel backend, messages from neighbours, timers,
 from the transport and requests from above go in; peer messages go to the transport, physical
 commands of the link cores to the node's one link executor (``executor.py``: each core's
 commands run in the order the core issued them, and what several links issue together shares
-an Execute request), the circuits' to their own (``NodeCircuits.run``), and deliveries to
+an Execute request; the circuits' go there too, first in their batch), and deliveries to
 subscribers. The cores never wait; only this driver does.
 
 Messages from neighbours are dispatched by family (``_handlers``: marker base class → handler):
@@ -159,6 +159,7 @@ class NodeRuntime:
             channel,
             carrier,
             clock,
+            executor=self._executor,
             create=self.create,
             cancel=self.cancel,
             config=CircuitConfig(latency_ns=latency_ns),
@@ -388,7 +389,6 @@ class NodeRuntime:
                 partial(self.transport.run, self._on_messages, link_changed=self._link_changed)
             )
             nursery.start_soon(self._executor.run)
-            await nursery.start(self.circuits.run)
             await nursery.start(self.transport_layer.run)
             nursery.start_soon(self._timers)
             nursery.start_soon(self._pump_heralds, heralds)

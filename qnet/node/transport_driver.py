@@ -14,6 +14,9 @@ inputs and outputs (see the driver contract in ``qnet.transport``):
   connection waits for its circuit (SYN_RECEIVED); every other incoming circuit stays on
   ``runtime.circuits.incoming`` for the NetworkLayer service. Each claimed or opened circuit's
   pairs go to ``on_pair`` in index order, its end to ``on_circuit_closed``.
+  ``PauseCircuit``/``ResumeCircuit`` (from the accepting end, which knows both ends' demand)
+  pause and resume its generation (``CircuitHandle.pause``): an idle connection costs the
+  nodes of its path nothing.
 - physical commands run in order in one executor task, batched into ``Execute`` calls, and
   events the core emitted after a command reach the application only after it ran.
 - events go to the application API (``qnet.sockets``) through ``subscribe``.
@@ -47,7 +50,9 @@ from qnet.transport.events import (
     MeasurePair,
     OpenCircuit,
     Output,
+    PauseCircuit,
     PhysicalCommand,
+    ResumeCircuit,
     SendTo,
     TransportEvent,
     TransportMessage,
@@ -104,6 +109,8 @@ class NodeTransport:
         self.dropped_sends = 0
         #: ``core.held_count()`` when the node's memory was last re-shared.
         self._held = 0
+        #: The circuits whose pairs are pumped into the core, for ``PauseCircuit``.
+        self._handles: dict[CircuitId, CircuitHandle] = {}
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -210,6 +217,13 @@ class NodeTransport:
                 self._open(out)
             elif isinstance(out, CloseCircuit):
                 self._close_circuit(out.circuit)
+            elif isinstance(out, PauseCircuit | ResumeCircuit):
+                handle = self._handles.get(out.circuit)
+                if handle is not None:  # else it ended meanwhile: nothing to pause
+                    if isinstance(out, PauseCircuit):
+                        handle.pause()
+                    else:
+                        handle.resume()
             else:
                 assert isinstance(out, TransportEvent)
                 self._commands.send_nowait(_Deliver(out))
@@ -255,6 +269,13 @@ class NodeTransport:
         await self._pump_pairs(handle)
 
     async def _pump_pairs(self, handle: CircuitHandle) -> None:
+        self._handles[handle.id] = handle
+        try:
+            await self._pump(handle)
+        finally:
+            del self._handles[handle.id]
+
+    async def _pump(self, handle: CircuitHandle) -> None:
         while True:
             try:
                 pair = await handle.receive()

@@ -44,7 +44,9 @@ Inputs (call them, then move ``pop_outputs()`` on, even when the call raised):
   (either end, incoming circuits included): ``on_pair(circuit_id, index, qubit, fidelity)`` in
   index order (indices from 0, as ``EndToEndPair`` gives them), and ``on_circuit_closed(
   circuit_id, code, reason, node=…)`` when it ends. ``CloseCircuit(circuit_id)``: close it
-  unless it already ended (both ends may ask).
+  unless it already ended (both ends may ask). ``PauseCircuit``/``ResumeCircuit(circuit_id)``
+  (the accepting end only): stop and restart its generation; pairs may still arrive while
+  paused, and are taken as ever.
 - physical: ``on_measured(tag, outcomes)`` for each ``BellMeasure`` (two outcomes: the qubit's,
   then the pair half's) and ``MeasurePair`` (one); an empty tuple if it failed.
 - time: ``on_timer(now)`` at or after ``next_deadline()``.

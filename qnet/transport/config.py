@@ -29,13 +29,19 @@ class TransportConfig:
     #: Connect → established (both ends), including the circuit's setup.
     handshake_timeout_ns: int = 10_000 * _MS
     #: Nothing heard from the peer for this long ends the connection (Timeout); 0: never. A
-    #: connection whose circuit streams pairs hears its peer's pair uses and acknowledgements.
+    #: connection whose circuit streams pairs hears its peer's pair uses and acknowledgements;
+    #: an idle one pauses its circuit (``pause_after_ns``) and then hears nothing.
     idle_timeout_ns: int = 0
     #: TIME_WAIT: how long a closed connection still answers its peer's retransmissions.
     linger_ns: int = 1_000 * _MS
     #: Pairs of a circuit no connection claimed yet (its HandshakeAck is late) are kept this
     #: long, then freed and the circuit closed.
     orphan_timeout_ns: int = 10_000 * _MS
+    #: A connection that wants no pairs at either end (no call waiting, both epr windows
+    #: full) this long pauses its circuit, which otherwise streams pairs both ends free; the
+    #: next call resumes it. Long enough that a busy stream, whose windows fill and drain
+    #: with every pair, never pauses between calls.
+    pause_after_ns: int = 10 * _MS
     #: Established connections a listener keeps for ``accept`` (plus those handshaking).
     backlog: int = 16
     #: Out-of-order records named in one Ack.
@@ -54,6 +60,7 @@ class TransportConfig:
             "handshake_timeout_ns",
             "linger_ns",
             "orphan_timeout_ns",
+            "pause_after_ns",
             "backlog",
             "max_selective",
         ):

@@ -30,8 +30,10 @@ from qnet.transport.events import (
     PairDemand,
     PairsEnd,
     PairUses,
+    PauseCircuit,
     PeerFinished,
     RecordMessage,
+    ResumeCircuit,
     Segment,
     SendTo,
     Syn,
@@ -91,6 +93,10 @@ class Connection:
         #: We asked for the circuit to close; the network layer said it ended.
         self.close_sent = False
         self.circuit_ended = False
+        #: Allocator: the circuit is paused by us; since when no end wanted a pair (None
+        #: while some demand is open or the circuit is paused).
+        self.circuit_paused = False
+        self.idle_since: int | None = None
         self.sender = RecordSender(config, peer_conn, conn_id)
         self.receiver = RecordReceiver(config)
         self.pairs = PairStream(
@@ -288,6 +294,32 @@ class Connection:
         for record in self.sender.transmit(now):
             self._out.append(SendTo(self.remote, record))
         self.send_ack()
+        self._pause_or_resume(now)
+
+    def _pause_or_resume(self, now: int) -> None:
+        """Allocator: pause the circuit once no end has wanted a pair for ``pause_after_ns``;
+        resume at the first demand. Pairs arriving while paused (made before the pause
+        landed) are decided as ever: RELEASE, or put to the demand that resumed it."""
+        if (
+            self.role is not Role.ACCEPTOR
+            or self.circuit is None
+            or self.close_sent
+            or self.circuit_ended
+        ):
+            self.idle_since = None
+            return
+        if self.pairs.wants_pairs():
+            self.idle_since = None
+            if self.circuit_paused:
+                self.circuit_paused = False
+                self._out.append(ResumeCircuit(self.circuit))
+        elif not self.circuit_paused:
+            if self.idle_since is None:
+                self.idle_since = now
+            elif now - self.idle_since >= self.config.pause_after_ns:
+                self.circuit_paused = True
+                self.idle_since = None
+                self._out.append(PauseCircuit(self.circuit))
 
     def _grant(self, ids: tuple[int, int, int]) -> None:
         if self.peer_output_closed:
@@ -345,6 +377,8 @@ class Connection:
                 yield deadline
         if self.config.idle_timeout_ns:
             yield self.last_heard_ns + self.config.idle_timeout_ns
+        if self.idle_since is not None and self.state is not ConnState.CLOSED:
+            yield self.idle_since + self.config.pause_after_ns
 
     # -- ending ----------------------------------------------------------------------------------
 

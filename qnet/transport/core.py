@@ -473,6 +473,8 @@ class TransportCore:
         timeout = conn.on_timer(now)
         if timeout is not None:
             self._end(conn, Timeout, timeout, now)
+        elif conn.idle_since is not None and conn.idle_since + conn.config.pause_after_ns <= now:
+            self._dirty[conn.id] = conn  # its settle pauses the circuit
 
     def next_deadline(self) -> int | None:
         return min(self._deadlines(), default=None)

@@ -287,6 +287,22 @@ class CloseCircuit(TransportCommand):
     circuit: CircuitId
 
 
+@dataclass(frozen=True, slots=True)
+class PauseCircuit(TransportCommand):
+    """Stop this circuit's pair generation for now (``CircuitHandle.pause``): its connection
+    wants no pairs at either end and both windows are full. Pairs already on their way still
+    arrive (and are freed). Only the allocating end asks, since it knows both ends' demand."""
+
+    circuit: CircuitId
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeCircuit(TransportCommand):
+    """End an earlier ``PauseCircuit``: the connection wants pairs again."""
+
+    circuit: CircuitId
+
+
 class PhysicalCommand(TransportCommand):
     """Marker base: work on this node's qubits, in order with every other physical command
     and before any event emitted after it (so a corrected qubit is delivered corrected)."""

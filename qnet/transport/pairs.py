@@ -13,7 +13,8 @@ The allocator chooses, for each pair, in this order: a qubit the follower wants 
 asked for, the epr stream if both ends have room (the follower's ``epr_limit`` = pairs its
 application took + its window; the allocator's own window), else RELEASE: both ends free it.
 Flow control therefore bounds what each end holds for its application by its window; the
-circuit keeps streaming and the surplus is freed at once.
+surplus is freed at once, and a connection that wants nothing at either end pauses its circuit
+(``Connection`` asks the driver, after ``TransportConfig.pause_after_ns`` without demand).
 
 Teleportation: a qubit waits in ``sends`` until a pair assigned to its direction is here (a
 confirmed pair); then ``BellMeasure``; the outcomes go as a ``Teleport`` record, in the order
@@ -228,6 +229,13 @@ class PairStream:
             if self.epr_assigned < self.peer_epr_limit and len(self.epr_queue) < self.window:
                 return PairUse.EPR
         return PairUse.RELEASE
+
+    def wants_pairs(self) -> bool:
+        """Allocator: whether the next pair would be put to a use (not RELEASE), i.e. some
+        demand of either end is open. Without any, the circuit may pause."""
+        return not (self.uses_closed or self.circuit_closed) and (
+            self._choose() is not PairUse.RELEASE
+        )
 
     def on_uses(self, first_index: int, uses: tuple[int, ...]) -> None:
         """Follower: the allocator's uses of ``first_index`` onwards."""

@@ -98,6 +98,8 @@ class PeerMessage(_message.Message):
     NET_PAIR_TRACK_FIELD_NUMBER: _builtins.int
     NET_CHAIN_DISCARD_FIELD_NUMBER: _builtins.int
     NET_PAIR_COMPLETE_FIELD_NUMBER: _builtins.int
+    NET_CIRCUIT_PAUSE_FIELD_NUMBER: _builtins.int
+    NET_CIRCUIT_RESUME_FIELD_NUMBER: _builtins.int
     NET_DATAGRAM_FIELD_NUMBER: _builtins.int
     TP_SYN_FIELD_NUMBER: _builtins.int
     TP_SYN_ACK_FIELD_NUMBER: _builtins.int
@@ -158,6 +160,10 @@ class PeerMessage(_message.Message):
     @_builtins.property
     def net_pair_complete(self) -> Global___PairComplete: ...
     @_builtins.property
+    def net_circuit_pause(self) -> Global___CircuitPause: ...
+    @_builtins.property
+    def net_circuit_resume(self) -> Global___CircuitResume: ...
+    @_builtins.property
     def net_datagram(self) -> Global___NetDatagram: ...
     @_builtins.property
     def tp_syn(self) -> Global___TransportSyn: ...
@@ -209,6 +215,8 @@ class PeerMessage(_message.Message):
         net_pair_track: Global___PairTrack | None = ...,
         net_chain_discard: Global___ChainDiscard | None = ...,
         net_pair_complete: Global___PairComplete | None = ...,
+        net_circuit_pause: Global___CircuitPause | None = ...,
+        net_circuit_resume: Global___CircuitResume | None = ...,
         net_datagram: Global___NetDatagram | None = ...,
         tp_syn: Global___TransportSyn | None = ...,
         tp_syn_ack: Global___TransportSynAck | None = ...,
@@ -223,11 +231,11 @@ class PeerMessage(_message.Message):
         tp_pairs_end: Global___TransportPairsEnd | None = ...,
         tp_teleport: Global___TransportTeleport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_pause", b"net_circuit_pause", "net_circuit_reject", b"net_circuit_reject", "net_circuit_resume", b"net_circuit_resume", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_reject", b"net_circuit_reject", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_pause", b"net_circuit_pause", "net_circuit_reject", b"net_circuit_reject", "net_circuit_resume", b"net_circuit_resume", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_datagram", "tp_syn", "tp_syn_ack", "tp_handshake_ack", "tp_reset", "tp_ack", "tp_segment", "tp_fin", "tp_window", "tp_pair_demand", "tp_pair_uses", "tp_pairs_end", "tp_teleport"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_circuit_pause", "net_circuit_resume", "net_datagram", "tp_syn", "tp_syn_ack", "tp_handshake_ack", "tp_reset", "tp_ack", "tp_segment", "tp_fin", "tp_window", "tp_pair_demand", "tp_pair_uses", "tp_pairs_end", "tp_teleport"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1166,6 +1174,61 @@ class PairComplete(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PairComplete: _TypeAlias = PairComplete  # noqa: Y015
+
+@_typing.final
+class CircuitPause(_message.Message):
+    """Along the path, away from the end (head or tail) that paused the circuit: that end wants no
+    pairs for now. Each hop cancels its link requests for the circuit and passes the message on;
+    pairs already made still complete or are discarded as usual. A circuit generates while
+    neither end holds it paused; an end's pause lasts until the same end sends CircuitResume.
+    The direction a message travels names the end it comes from.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitPause: _TypeAlias = CircuitPause  # noqa: Y015
+
+@_typing.final
+class CircuitResume(_message.Message):
+    """Along the path, away from the end that resumed the circuit: its pause is over. A hop that no
+    end holds paused asks its link for pairs again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    circuit: _builtins.int
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        circuit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitResume: _TypeAlias = CircuitResume  # noqa: Y015
 
 @_typing.final
 class NetDatagram(_message.Message):

@@ -163,12 +163,14 @@ def main() -> None:
             # The simulation loop only (its import and set-up are not counted, as for qnet).
             s_cpu = statistics.median(float(r["run_cpu_s"]) for r in seq)
             s_per = statistics.median(float(r["pairs_per_cpu_s"]) for r in seq)
-            s_f = statistics.median(float(r.get("mean_fid_physical", float("nan"))) for r in seq)
+            # A run without pairs has no fidelity (None): the median is over runs with one.
+            fids = [float(f) for r in seq if (f := r.get("mean_fid_physical")) is not None]
+            s_f = statistics.median(fids) if fids else float("nan")
             print(
                 f"{'SeQUeNCe':<9}{nodes:>6}{s_pairs:>8.0f}{s_pairs / args.sim_s:>13.0f}"
                 f"{s_f:>9.4f}{'':>8}{s_cpu:>8.3f}{s_per:>13.0f}"
             )
-            ratio = per_cpu / s_per
+            ratio = per_cpu / s_per if s_per > 0 else float("nan")
             print(f"{'ratio':<9}{nodes:>6}{'':>54}{ratio:>12.1f}×")
 
 

@@ -39,7 +39,9 @@ from qnet.transport.events import (
     Free,
     MeasurePair,
     OpenCircuit,
+    PauseCircuit,
     QubitReceived,
+    ResumeCircuit,
     SendTo,
     TransportEvent,
     TransportMessage,
@@ -132,6 +134,8 @@ class FakeCircuit:
     tail: str
     open: bool = True
     next_index: int = 0
+    #: Its tail paused it (``PauseCircuit``): no pairs until ``ResumeCircuit``.
+    paused: bool = False
 
 
 @dataclass(order=True)
@@ -264,6 +268,13 @@ class Net:
             self.at(self.now + self.circuit_setup_ns, lambda: self._open(node, cmd))
         elif isinstance(cmd, CloseCircuit):
             self._close(cmd.circuit, CloseCode.CLOSED, node)
+        elif isinstance(cmd, PauseCircuit | ResumeCircuit):
+            c = self.circuits[cmd.circuit]
+            if node != c.tail:
+                raise AssertionError(f"{type(cmd).__name__} from {node}, not the allocating end")
+            if c.paused == isinstance(cmd, PauseCircuit):
+                raise AssertionError(f"{type(cmd).__name__} twice in a row")
+            c.paused = isinstance(cmd, PauseCircuit)
         elif isinstance(cmd, Free):
             for q in cmd.qubits:
                 self.ledger.move(q, node, Holder.CORE, Holder.GONE, "Free")
@@ -307,7 +318,7 @@ class Net:
         c = self.circuits[cid]
         if not c.open:
             return
-        if self.pairs_flowing:
+        if self.pairs_flowing and not c.paused:
             index = c.next_index
             c.next_index += 1
             content = ("pair", cid, index)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +22,10 @@ from qnet.transport.events import (
     PairsEnded,
     PairUse,
     PairUses,
+    PauseCircuit,
     QubitReceived,
     QubitSent,
+    ResumeCircuit,
     Teleport,
 )
 from tests.transport.harness import CONFIG, MS, A, B, Faults, Holder, Net, established
@@ -56,7 +60,8 @@ def test_kth_epr_pair_is_the_same_pair_at_both_ends(
 
 
 def test_pairs_beyond_the_windows_are_released() -> None:
-    net = Net(seed=1)
+    # Pausing off: the circuit streams on and the surplus is freed.
+    net = Net(seed=1, config=replace(CONFIG, pause_after_ns=10_000 * MS))
     a, b = established(net)
     net.run(200 * MS)  # ~100 pairs stream in; nobody asks for any
     for node in (A, B):
@@ -72,6 +77,59 @@ def test_pairs_beyond_the_windows_are_released() -> None:
     assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)]
     assert len(net.of(A, EprPair)) == 5
     assert any(isinstance(m, PairDemand) and m.epr_limit >= 8 for m in net.sent[A])
+    net.check_ledger()
+
+
+def _pauses(net: Net) -> list[bool]:
+    """The allocator's pause (True) and resume (False) commands, in order."""
+    return [
+        isinstance(c, PauseCircuit)
+        for c in net.commands[B]
+        if isinstance(c, PauseCircuit | ResumeCircuit)
+    ]
+
+
+def test_an_idle_connection_pauses_its_circuit_and_resumes_on_demand() -> None:
+    net = Net(seed=1)
+    a, b = established(net)
+    net.run(200 * MS)  # both windows fill, then nobody wants a pair for pause_after_ns
+    assert _pauses(net) == [True]
+    (circuit,) = net.circuits.values()
+    made = circuit.next_index
+    net.run(500 * MS)
+    assert circuit.next_index == made  # no pair generated while paused
+    assert not any(isinstance(c, PauseCircuit | ResumeCircuit) for c in net.commands[A])
+    # The windows' pairs are there at once; more calls resume the circuit.
+    n = CONFIG.pair_window + 3
+    for _ in range(n):
+        net.do(A, lambda core, now: core.epr(a, now))
+        net.do(B, lambda core, now: core.epr(b, now))
+    net.run_until(lambda: len(net.of(A, EprPair)) == n and len(net.of(B, EprPair)) == n)
+    assert _pauses(net)[:2] == [True, False]
+    assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)]
+    net.run(200 * MS)  # idle again: paused again
+    assert _pauses(net)[-1] is True
+    # One end asking alone does not resume (the pair would only be freed); a measure-directly
+    # slot at both ends does.
+    net.do(A, lambda core, now: core.epr_measure(a, 3, Basis.Z, now))
+    net.run(100 * MS)
+    assert _pauses(net)[-1] is True
+    net.do(B, lambda core, now: core.epr_measure(b, 3, Basis.Z, now))
+    net.run_until(lambda: len(net.of(A, MeasuredPair)) == 3 and len(net.of(B, MeasuredPair)) == 3)
+    net.run(200 * MS)
+    assert _pauses(net)[-2:] == [False, True]
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_a_busy_stream_never_pauses() -> None:
+    net = Net(seed=3)
+    a, b = established(net)
+    for _ in range(60):  # one call per end every pair: the windows fill and drain
+        net.do(A, lambda core, now: core.epr(a, now))
+        net.do(B, lambda core, now: core.epr(b, now))
+        net.run(2 * MS)
+    assert _pauses(net) == []
     net.check_ledger()
 
 

@@ -205,3 +205,33 @@ async def test_other_circuits_stay_with_the_network_layer(
         await qa.free()
         await qb.free()
         await _close_both(net, cli, conn)
+
+
+async def test_an_idle_connection_stops_generating_and_resumes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_network(chain(3)) as net:
+        cli, conn = await _connect(net, "n0", "n2", min_fidelity=0.8)
+        tail = net.node("n2").transport_layer
+        (conn_id,) = tail.core.connections()
+        pairs = tail.core.connection(conn_id).pairs
+        handles = list(tail._handles.values())
+        assert len(handles) == 1
+        # Nobody asks: the windows fill, the circuit pauses at every node of the path.
+        await until(net, lambda: handles[0].paused)
+        await trio.sleep(0.05)  # virtual: pairs already made when the pause landed arrive
+        made = pairs.next_index
+        await trio.sleep(2.0)
+        assert pairs.next_index == made, "a paused circuit went on generating"
+        for node in net.nodes.values():
+            assert node.circuits.core.is_paused(handles[0].id)
+        # The next calls get pairs: the windows' at once, then the resumed circuit's.
+        for k in range(8):
+            qa, qb = await _both(cli.epr, conn.epr)
+            assert qa.number == qb.number == k
+            fidelity = net.core.oracle_pair_fidelity(qa.id, qb.id, 0, net.now())
+            assert fidelity >= 0.8 - 0.02
+            await qa.measure()
+            await qb.measure()
+        assert pairs.next_index > made
+        await _close_both(net, cli, conn)

@@ -11,7 +11,9 @@ from qnet.network.circuit_events import (
     ChainDiscard,
     CircuitAccept,
     CircuitMessage,
+    CircuitPause,
     CircuitReject,
+    CircuitResume,
     CircuitSetup,
     CircuitTeardown,
     PairComplete,
@@ -54,6 +56,8 @@ MESSAGES: st.SearchStrategy[CircuitMessage] = st.one_of(
     ),
     st.builds(ChainDiscard, NAMES, st.integers(0, 3), st.integers(0, 5)),
     st.builds(PairComplete, NAMES, st.integers(0, 3), st.integers(0, 5), INTS, WEIGHTS, INTS),
+    st.builds(CircuitPause, NAMES, st.integers(0, 3)),
+    st.builds(CircuitResume, NAMES, st.integers(0, 3)),
 )
 
 
