@@ -25,6 +25,7 @@ from qnet.apps.session import (
     recv_json,
     run_both,
     send_json,
+    timing,
 )
 from qnet.apps.stats import Estimate, expectation
 from qnet.errors import InvalidArgument
@@ -79,7 +80,7 @@ class ChshResult:
                 f"  {corr}",
                 f"  model 2√2(4F−1)/3 = {self.expected:.3f} from the stack's pair fidelity"
                 f" F = {self.pair_fidelity:.3f}; Tsirelson bound {TSIRELSON:.3f}",
-                f"  {self.elapsed_s:.4f} s on the network clock, {self.wall_s:.2f} s wall",
+                timing(self.elapsed_s, self.wall_s),
             ]
         )
 

@@ -24,6 +24,7 @@ from qnet.apps.session import (
     recv_json,
     run_both,
     send_json,
+    timing,
 )
 from qnet.apps.stats import Estimate, expectation, proportion
 from qnet.errors import InvalidArgument
@@ -68,7 +69,7 @@ class CnotResult:
             lines.append(f"  |{inp[0]}{inp[1]}⟩ → {cells}   right {self.success[inp].format()}")
         corr = ", ".join(f"⟨{b}{b}⟩ = {e.value:+.3f}" for b, e in self.bell_correlators.items())
         lines.append(f"  Bell output: {corr}")
-        lines.append(f"  {self.elapsed_s:.4f} s on the network clock, {self.wall_s:.2f} s wall")
+        lines.append(timing(self.elapsed_s, self.wall_s))
         return "\n".join(lines)
 
 

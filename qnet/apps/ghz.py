@@ -35,6 +35,7 @@ from qnet.apps.session import (
     recv_json,
     run_all,
     send_json,
+    timing,
 )
 from qnet.apps.stats import Estimate, expectation, proportion
 from qnet.errors import InvalidArgument
@@ -100,7 +101,7 @@ class GhzResult:
                 f" {par}; coherence {self.coherence.format()}",
                 f"  model {self.expected:.3f} from the stack's pair fidelity"
                 f" F = {self.pair_fidelity:.3f}",
-                f"  {self.elapsed_s:.4f} s on the network clock, {self.wall_s:.2f} s wall",
+                timing(self.elapsed_s, self.wall_s),
             ]
         )
 

@@ -33,6 +33,7 @@ from qnet.apps.session import (
     recv_json,
     run_both,
     send_json,
+    timing,
 )
 from qnet.apps.stats import Estimate, proportion
 
@@ -76,7 +77,7 @@ class GroverResult:
             lines.append(
                 f"  marked {item[0]}{item[1]}: {cells}   success {self.success[item].format()}"
             )
-        lines.append(f"  {self.elapsed_s:.4f} s on the network clock, {self.wall_s:.2f} s wall")
+        lines.append(timing(self.elapsed_s, self.wall_s))
         return "\n".join(lines)
 
 

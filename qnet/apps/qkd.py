@@ -169,8 +169,9 @@ class QkdResult:
                 f"  keys {'agree' if self.keys_agree else 'DIFFER'};"
                 f" {self.file.name!r} ({len(self.file.data)} bytes) sent under AES-GCM,"
                 f" decrypted and checked (SHA-256 {self.file.sha256[:16]}…)",
-                f"  {self.rate_bps:.1f} key bits/s over {self.elapsed_s:.3f} s on the network"
-                f" clock ({self.final_bits / max(self.wall_s, 1e-9):.1f} per wall second,"
+                f"  {self.rate_bps:.1f} key bits/s over {self.elapsed_s:.3f} s of run time"
+                f" (simulated under --sim; {self.final_bits / max(self.wall_s, 1e-9):.1f} per"
+                " wall second,"
                 f" {self.wall_s:.2f} s); {self.classical_bytes} bytes of classical messages",
             ]
         )

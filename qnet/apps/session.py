@@ -167,3 +167,9 @@ async def probe_pair_fidelity(a: AsyncSocket, b: AsyncSocket) -> float:
     await qa.free()
     await qb.free()
     return min(qa.fidelity, qb.fidelity)
+
+
+def timing(elapsed_s: float, wall_s: float) -> str:
+    """The run's duration: its trio clock (simulated seconds under ``--sim``, wall seconds
+    against daemons) and the wall clock."""
+    return f"  {elapsed_s:.4f} s of run time (simulated under --sim), {wall_s:.2f} s wall"

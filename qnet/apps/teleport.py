@@ -35,6 +35,7 @@ from qnet.apps.session import (
     recv_json,
     run_both,
     send_json,
+    timing,
 )
 from qnet.apps.stats import Estimate
 from qnet.errors import InvalidArgument
@@ -93,7 +94,7 @@ class TeleportResult:
                     f"  |{r.state.name}⟩: Bloch ({vec}) from {r.shots} shots,"
                     f" fidelity {r.fidelity.format()}"
                 )
-        lines.append(f"  {self.elapsed_s:.4f} s on the network clock, {self.wall_s:.2f} s wall")
+        lines.append(timing(self.elapsed_s, self.wall_s))
         return "\n".join(lines)
 
 
