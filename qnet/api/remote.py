@@ -20,6 +20,7 @@ has closed the session's sockets and freed its qubits.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections import deque
@@ -207,6 +208,11 @@ class RemoteBackend:
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(Exception):  # a broken stream ends the session anyway
+            rid = next(self._ids)
+            await self._stream.send(
+                pb.SessionRequest(protocol_version=V, id=rid, goodbye=pb.SessionGoodbye())
+            )
         self._stream.done_writing()
         with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
             await self._ended.wait()

@@ -15,10 +15,12 @@ The session holds the qubits it allocated or took (pairs, teleported qubits), in
 memory accounting (``NodeRuntime.hold_qubits``); it may act only on those. Channel-backend
 calls run shielded (bounded): a call cut short could leave a qubit that nobody knows of.
 
-When the stream ends the session ends. If the application ended it (the client half-closed
-its requests), its sockets close gracefully: their output is closed and each connection may
-finish for ``LINGER_S`` (what arrives meanwhile is discarded), then it is aborted. If the
-stream broke (the process died, the network failed, the daemon stops), every connection is
+When the stream ends the session ends. If the application ended it (a ``goodbye`` request,
+then the client half-closed its requests), its sockets close gracefully: their output is
+closed and each connection may finish for ``LINGER_S`` (what arrives meanwhile is
+discarded), then it is aborted. If the
+stream ended without a goodbye (the process died, the network failed, the daemon stops),
+every connection is
 aborted at once and its peer sees ``Unreachable``. Either way every qubit the session held is
 freed before the response stream ends.
 """
@@ -160,7 +162,10 @@ class _Session:
             "gate": self._gate,
             "measure": self._measure,
             "free": self._free,
+            "goodbye": self._goodbye,
         }
+        #: The application said goodbye: its stream's end is a graceful close, not a loss.
+        self.said_goodbye = False
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -175,7 +180,9 @@ class _Session:
                     try:
                         async for request in requests:
                             self._dispatch(request)
-                        graceful = True
+                        # A killed client's stream can also end without an error here, so
+                        # only an explicit goodbye makes the end graceful.
+                        graceful = self.said_goodbye
                     except QnetError as exc:
                         log.info("%s: an application session broke: %s", self.node, exc)
                     except Exception as exc:  # the bridge's "RPC cancelled" among others
@@ -206,6 +213,9 @@ class _Session:
         except Exception as exc:
             log.exception("%s: an application request failed", self.node)
             self._fail(rid, QnetError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _goodbye(self, rid: int, msg: pb.SessionGoodbye) -> None:
+        self.said_goodbye = True
 
     def _lane(self, socket: int, kind: str, rid: int, job: Job) -> None:
         """Queue ``job`` behind the earlier ones of its lane; its error answers ``rid``."""

@@ -1667,6 +1667,7 @@ class SessionRequest(_message.Message):
     GATE_FIELD_NUMBER: _builtins.int
     MEASURE_FIELD_NUMBER: _builtins.int
     FREE_FIELD_NUMBER: _builtins.int
+    GOODBYE_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     id: _builtins.int
     @_builtins.property
@@ -1701,6 +1702,8 @@ class SessionRequest(_message.Message):
     def measure(self) -> Global___QubitMeasure: ...
     @_builtins.property
     def free(self) -> Global___QubitFree: ...
+    @_builtins.property
+    def goodbye(self) -> Global___SessionGoodbye: ...
     def __init__(
         self,
         *,
@@ -1722,16 +1725,37 @@ class SessionRequest(_message.Message):
         gate: Global___QubitGate | None = ...,
         measure: Global___QubitMeasure | None = ...,
         free: Global___QubitFree | None = ...,
+        goodbye: Global___SessionGoodbye | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "allocate", b"allocate", "bind", b"bind", "close", b"close", "command", b"command", "connect", b"connect", "epr", b"epr", "epr_measure", b"epr_measure", "free", b"free", "gate", b"gate", "listen", b"listen", "measure", b"measure", "recv", b"recv", "recv_qubit", b"recv_qubit", "send", b"send", "send_qubit", b"send_qubit", "wait_closed", b"wait_closed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "allocate", b"allocate", "bind", b"bind", "close", b"close", "command", b"command", "connect", b"connect", "epr", b"epr", "epr_measure", b"epr_measure", "free", b"free", "gate", b"gate", "goodbye", b"goodbye", "listen", b"listen", "measure", b"measure", "recv", b"recv", "recv_qubit", b"recv_qubit", "send", b"send", "send_qubit", b"send_qubit", "wait_closed", b"wait_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "allocate", b"allocate", "bind", b"bind", "close", b"close", "command", b"command", "connect", b"connect", "epr", b"epr", "epr_measure", b"epr_measure", "free", b"free", "gate", b"gate", "id", b"id", "listen", b"listen", "measure", b"measure", "protocol_version", b"protocol_version", "recv", b"recv", "recv_qubit", b"recv_qubit", "send", b"send", "send_qubit", b"send_qubit", "wait_closed", b"wait_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "allocate", b"allocate", "bind", b"bind", "close", b"close", "command", b"command", "connect", b"connect", "epr", b"epr", "epr_measure", b"epr_measure", "free", b"free", "gate", b"gate", "goodbye", b"goodbye", "id", b"id", "listen", b"listen", "measure", b"measure", "protocol_version", b"protocol_version", "recv", b"recv", "recv_qubit", b"recv_qubit", "send", b"send", "send_qubit", b"send_qubit", "wait_closed", b"wait_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["bind", "listen", "accept", "connect", "send", "recv", "epr", "epr_measure", "send_qubit", "recv_qubit", "close", "wait_closed", "allocate", "gate", "measure", "free"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["bind", "listen", "accept", "connect", "send", "recv", "epr", "epr_measure", "send_qubit", "recv_qubit", "close", "wait_closed", "allocate", "gate", "measure", "free", "goodbye"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionGoodbye(_message.Message):
+    """The application ends the session on purpose (its last request, before it half-closes the
+    stream): its sockets close gracefully. A stream that ends without it (the application was
+    killed, or the network broke) aborts them, and their peers see Unreachable. No answer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionGoodbye: _TypeAlias = SessionGoodbye  # noqa: Y015
 
 @_typing.final
 class SocketBind(_message.Message):
