@@ -36,7 +36,7 @@ import trio
 from qnet.errors import FailedPrecondition, InvalidArgument, NotFound, QnetError, Timeout
 from qnet.node.interfaces import ChannelAccess
 from qnet.node.transport_driver import NodeTransport
-from qnet.physical.gates import Basis, GateName
+from qnet.physical.gates import Basis, GateName, parse_basis
 from qnet.transport.events import (
     Closed,
     Connected,
@@ -74,7 +74,7 @@ class Qubit:
         """Measure (and free) the qubit: 0 for the +1 eigenstate."""
         self._check()
         self.freed = True
-        return await self.channel.measure(self.id, _basis(basis))
+        return await self.channel.measure(self.id, parse_basis(basis))
 
     async def gate(self, gate: GateName | str, angle: float = 0.0) -> None:
         self._check()
@@ -88,15 +88,6 @@ class Qubit:
     def _check(self) -> None:
         if self.freed:
             raise FailedPrecondition(f"qubit {self.id} was measured or freed", node=self.node)
-
-
-def _basis(basis: Basis | str) -> Basis:
-    if isinstance(basis, Basis):
-        return basis
-    try:
-        return Basis[str(basis).upper()]
-    except KeyError:
-        raise InvalidArgument(f"unknown basis {basis!r}") from None
 
 
 class _Stream(Generic[V]):
@@ -329,9 +320,9 @@ class Socket:
         conn = self._conn_id()
         core = self._owner.transport.core
         if isinstance(basis, Basis | str):
-            bases = [_basis(basis)] * n
+            bases = [parse_basis(basis)] * n
         else:
-            bases = [_basis(b) for b in basis]
+            bases = [parse_basis(b) for b in basis]
             if len(bases) != n:
                 raise InvalidArgument(f"{len(bases)} bases given for {n} pairs")
 

@@ -13,23 +13,9 @@ from collections.abc import Sequence
 from qnet.api.backend import Address, QubitInfo
 from qnet.errors import InvalidArgument, NotFound
 from qnet.node.runtime import NodeRuntime
-from qnet.physical.gates import GATES, Basis, GateName
+from qnet.physical.gates import GATES, parse_basis, parse_gate
 from qnet.sockets import Qubit, Socket
-
-
-def gate_name(gate: str) -> GateName:
-    try:
-        return GateName(str(gate).lower())
-    except ValueError:
-        known = ", ".join(g.value for g in GateName)
-        raise InvalidArgument(f"unknown gate {gate!r} (known: {known})") from None
-
-
-def basis_of(basis: str) -> Basis:
-    try:
-        return Basis[str(basis).upper()]
-    except KeyError:
-        raise InvalidArgument(f"unknown basis {basis!r} (Z, X or Y)") from None
+from qnet.transport.bindings import check_port
 
 #: How long (wall-clock seconds at the network's time scale) ``qubit()`` waits for the link
 #: layers to hand back memory before ``NoMemory``.
@@ -51,7 +37,7 @@ class LocalSocket:
         return self._socket.peer
 
     async def bind(self, port: int) -> None:
-        _check_port(port)
+        check_port(port)
         self._socket.bind(port)
 
     async def listen(self, backlog: int | None = None) -> None:
@@ -63,7 +49,7 @@ class LocalSocket:
 
     async def connect(self, address: Address, *, min_fidelity: float | None = None) -> None:
         node, port = address
-        _check_port(port)
+        check_port(port)
         await self._socket.connect((str(node), port), min_fidelity=min_fidelity)
 
     async def send(self, data: bytes) -> None:
@@ -121,7 +107,7 @@ class LocalBackend:
         return QubitInfo(qubit)
 
     async def gate(self, gate: str, qubits: tuple[int, ...], angle: float = 0.0) -> None:
-        name = gate_name(gate)
+        name = parse_gate(gate)
         arity = GATES[name].arity
         if len(qubits) != arity:
             raise InvalidArgument(f"gate {name.value} acts on {arity} qubits, got {len(qubits)}")
@@ -130,7 +116,7 @@ class LocalBackend:
         await self.runtime.channel.gate(name, *qubits, angle=float(angle))
 
     async def measure(self, qubit: int, basis: str = "Z") -> int:
-        b = basis_of(basis)
+        b = parse_basis(basis)
         handle = self._held(qubit)
         self._release(qubit)
         return await handle.measure(b)
@@ -176,8 +162,3 @@ class LocalBackend:
     def _release(self, qubit: int) -> None:
         self._qubits.pop(qubit, None)
         self.runtime.release_qubits((qubit,))
-
-
-def _check_port(port: object) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 2**16:
-        raise InvalidArgument(f"a port is an integer in 0…65535, got {port!r}")

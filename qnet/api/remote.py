@@ -44,8 +44,9 @@ from qnet.errors import (
     Unreachable,
     error_from_wire,
 )
-from qnet.physical.gates import Basis, GateName
+from qnet.physical.gates import parse_basis, parse_gate
 from qnet.runtime.grpc_bridge import BidiStream, close_channel, insecure_channel, stream_stream
+from qnet.transport.bindings import check_port
 from qnet.v1 import node_pb2 as pb
 from qnet.v1 import node_pb2_grpc as pb_grpc
 
@@ -186,16 +187,12 @@ class RemoteBackend:
         return _qubit_info(qubit)
 
     async def gate(self, gate: str, qubits: tuple[int, ...], angle: float = 0.0) -> None:
-        try:
-            name = GATE_TO_WIRE[GateName(str(gate).lower())]
-        except ValueError:
-            known = ", ".join(g.value for g in GateName)
-            raise InvalidArgument(f"unknown gate {gate!r} (known: {known})") from None
+        name = GATE_TO_WIRE[parse_gate(gate)]
         msg = pb.QubitGate(gate=name, qubits=[_qubit_id(q) for q in qubits], angle=float(angle))
         await self._call(gate=msg)
 
     async def measure(self, qubit: int, basis: str = "Z") -> int:
-        msg = pb.QubitMeasure(qubit=_qubit_id(qubit), basis=BASIS_TO_WIRE[_basis(basis)])
+        msg = pb.QubitMeasure(qubit=_qubit_id(qubit), basis=BASIS_TO_WIRE[parse_basis(basis)])
         response = await self._call(measure=msg)
         return int(response.outcomes.outcomes[0])
 
@@ -340,7 +337,7 @@ class RemoteSocket:
         return self._peer
 
     async def bind(self, port: int) -> None:
-        _check_port(port)
+        check_port(port)
         self._created = True
         await self._backend._call(bind=pb.SocketBind(socket=self.number, port=port))
         self._local = (self._backend.node, port)
@@ -369,7 +366,7 @@ class RemoteSocket:
 
     async def connect(self, address: Address, *, min_fidelity: float | None = None) -> None:
         node, port = address
-        _check_port(port)
+        check_port(port)
         self._created = True
         msg = pb.SocketConnect(socket=self.number, node=str(node), port=port)
         if min_fidelity is not None:
@@ -409,9 +406,9 @@ class RemoteSocket:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidArgument(f"n must be an integer ≥ 0, got {n!r}")
         if isinstance(basis, str):
-            bases = [_basis(basis)]
+            bases = [parse_basis(basis)]
         else:
-            bases = [_basis(b) for b in basis]
+            bases = [parse_basis(b) for b in basis]
             if len(bases) != n:
                 raise InvalidArgument(f"{len(bases)} bases given for {n} pairs")
         if n == 0:
@@ -477,20 +474,6 @@ def _qubit_id(qubit: object) -> int:
     if isinstance(qubit, bool) or not isinstance(qubit, int) or qubit < 0:
         raise InvalidArgument(f"a qubit id is an integer ≥ 0, got {qubit!r}")
     return qubit
-
-
-def _basis(basis: object) -> Basis:
-    if isinstance(basis, Basis):
-        return basis
-    try:
-        return Basis[str(basis).upper()]
-    except KeyError:
-        raise InvalidArgument(f"unknown basis {basis!r} (Z, X or Y)") from None
-
-
-def _check_port(port: object) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port < 2**16:
-        raise InvalidArgument(f"a port is an integer in 1…65535, got {port!r}")
 
 
 @asynccontextmanager

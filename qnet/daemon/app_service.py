@@ -51,6 +51,7 @@ from qnet.physical.gates import GATES, Basis
 from qnet.runtime.grpc_bridge import TrioGrpcBridge
 from qnet.runtime.grpc_service import Malformed, RpcHandler, malformed_error, service_handler
 from qnet.sockets import Qubit, Socket
+from qnet.transport.bindings import check_port
 from qnet.v1 import node_pb2 as pb
 
 log = logging.getLogger("qnet.daemon.apps")
@@ -321,7 +322,7 @@ class _Session:
         return self.sockets[number]
 
     def _bind(self, rid: int, msg: pb.SocketBind) -> None:
-        _check_port(msg.port)
+        check_port(msg.port)
         sock = self._new_or_existing(msg.socket)
         sock.bind(msg.port)
         self._done(rid)
@@ -353,7 +354,7 @@ class _Session:
     def _connect(self, rid: int, msg: pb.SocketConnect) -> None:
         if not msg.node:
             raise InvalidArgument("connect needs the node to connect to")
-        _check_port(msg.port)
+        check_port(msg.port)
         min_fidelity = msg.min_fidelity if msg.HasField("min_fidelity") else None
         if min_fidelity is not None and not (
             math.isfinite(min_fidelity) and 0.0 <= min_fidelity <= 1.0
@@ -571,8 +572,3 @@ async def _linger(sock: Socket) -> None:
             await drain(sock.wait_closed)
             nursery.cancel_scope.cancel()
     sock.abort()
-
-
-def _check_port(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise InvalidArgument(f"port must be in [1, 65535], got {port}")

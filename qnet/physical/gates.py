@@ -110,6 +110,27 @@ class Basis(Enum):
     Y = "Y"
 
 
+def parse_basis(basis: object) -> Basis:
+    """A ``Basis``, or its name in any case ("z", "X"), as a ``Basis``."""
+    if isinstance(basis, Basis):
+        return basis
+    try:
+        return Basis[str(basis).upper()]
+    except KeyError:
+        raise InvalidArgument(f"unknown basis {basis!r} (Z, X or Y)") from None
+
+
+def parse_gate(gate: object) -> GateName:
+    """A ``GateName``, or its value in any case ("h", "CNOT"), as a ``GateName``."""
+    if isinstance(gate, GateName):
+        return gate
+    try:
+        return GateName(str(gate).lower())
+    except ValueError:
+        known = ", ".join(g.value for g in GateName)
+        raise InvalidArgument(f"unknown gate {gate!r} (known: {known})") from None
+
+
 #: Rotation that takes a basis's +1 eigenstate to |0⟩, so every measurement is done in Z.
 TO_Z_BASIS: dict[Basis, Matrix | None] = {Basis.Z: None, Basis.X: H, Basis.Y: H @ SDG}
 
