@@ -4,8 +4,6 @@ calls an application makes against daemons, checked against the physics statisti
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 import trio
@@ -13,23 +11,9 @@ import trio
 from qnet.api import AsyncNode, AsyncSocket
 from qnet.errors import FailedPrecondition, InvalidArgument, NotFound, Timeout
 from qnet.sim import SimNetwork, open_network
-from tests.network.circuithelpers import chain, idle, until
+from tests.network.circuithelpers import both, chain, idle, until
 
 PORT = 7
-A = TypeVar("A")
-B = TypeVar("B")
-
-
-async def _both(a: Callable[[], Awaitable[A]], b: Callable[[], Awaitable[B]]) -> tuple[A, B]:
-    got: dict[str, object] = {}
-
-    async def run(key: str, fn: Callable[[], Awaitable[object]]) -> None:
-        got[key] = await fn()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, "a", a)
-        nursery.start_soon(run, "b", b)
-    return got["a"], got["b"]  # type: ignore[return-value]
 
 
 async def _pair(alice: AsyncNode, bob: AsyncNode) -> tuple[AsyncSocket, AsyncSocket]:
@@ -41,7 +25,7 @@ async def _pair(alice: AsyncNode, bob: AsyncNode) -> tuple[AsyncSocket, AsyncSoc
     async def connect() -> None:
         await cli.connect((bob.name, PORT))
 
-    _, (conn, peer) = await _both(connect, srv.accept)
+    _, (conn, peer) = await both(connect, srv.accept)
     assert peer == (alice.name, cli.local[1] if cli.local else -1)
     assert cli.peer == (bob.name, PORT)
     await srv.close()
@@ -99,7 +83,7 @@ async def test_messages_pairs_and_teleports_between_nodes(autojump_clock: trio.a
         z_agree = x_agree = 0
         fidelities = []
         for k in range(n):
-            qa, qb = await _both(cli.epr, conn.epr)
+            qa, qb = await both(cli.epr, conn.epr)
             assert qa.number == qb.number == k
             fidelities.append(qa.fidelity)
             basis = "Z" if k % 2 == 0 else "X"
@@ -114,7 +98,7 @@ async def test_messages_pairs_and_teleports_between_nodes(autojump_clock: trio.a
         assert _at_least(x_agree, n // 2, f)
 
         bases = ["Z" if k % 3 else "X" for k in range(300)]
-        mine, theirs = await _both(
+        mine, theirs = await both(
             lambda: cli.epr_measure(300, bases), lambda: conn.epr_measure(300, "Z")
         )
         same_basis = [a == b for a, b, s in zip(mine, theirs, bases, strict=True) if s == "Z"]
@@ -127,7 +111,7 @@ async def test_messages_pairs_and_teleports_between_nodes(autojump_clock: trio.a
         for _ in range(n):
             q = await alice.qubit()
             await q.h()
-            got = await _both(lambda q=q: cli.send_qubit(q), conn.recv_qubit)  # type: ignore[misc]
+            got = await both(lambda q=q: cli.send_qubit(q), conn.recv_qubit)  # type: ignore[misc]
             right += await got[1].measure("X") == 0
         # Teleporting with a pair of fidelity F gives (2F + 1)/3 (Werner).
         assert _at_least(right, n, (2 * f + 1) / 3)
@@ -194,7 +178,7 @@ async def test_closing_the_node_frees_what_the_application_held(
         async with net.open_node("n0") as alice, net.open_node("n2") as bob:
             cli, conn = await _pair(alice, bob)
             for _ in range(2):
-                await _both(cli.epr, conn.epr)  # halves kept, never measured
+                await both(cli.epr, conn.epr)  # halves kept, never measured
             await alice.qubit()
             await bob.qubit()
             assert len(net.node("n0").app_qubits) == 3

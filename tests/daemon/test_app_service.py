@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
@@ -39,28 +39,10 @@ from qnet.v1 import channel_pb2
 from qnet.v1 import node_pb2 as pb
 from qnet.v1 import node_pb2_grpc as pb_grpc
 from tests.daemon.test_network_service import Clients, chain3
+from tests.network.circuithelpers import both
 
 LIMIT_S = 60
 PORT = 7
-A = TypeVar("A")
-B = TypeVar("B")
-
-
-async def both(a: Callable[[], Awaitable[A]], b: Callable[[], Awaitable[B]]) -> tuple[A, B]:
-    """Run both calls at once (the two ends of a connection); their results."""
-    got_a: list[A] = []
-    got_b: list[B] = []
-
-    async def run_a() -> None:
-        got_a.append(await a())
-
-    async def run_b() -> None:
-        got_b.append(await b())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_a)
-        nursery.start_soon(run_b)
-    return got_a[0], got_b[0]
 
 
 async def connect(

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -20,6 +21,9 @@ from qnet.node.circuit_driver import CircuitHandle
 from qnet.physical.gates import GateName
 from qnet.sim import SimNetwork
 from qnet.topology import Topology, parse_topology
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 def chain(
@@ -204,3 +208,20 @@ def idle(net: SimNetwork) -> bool:
     return not any(n.circuits.core.circuits() for n in net.nodes.values()) and all(
         net.core.memory_in_use(name) == n.memory_in_use() for name, n in net.nodes.items()
     )
+
+
+async def both(a: Callable[[], Awaitable[A]], b: Callable[[], Awaitable[B]]) -> tuple[A, B]:
+    """Run both calls at once (the two ends of a connection); their results."""
+    got_a: list[A] = []
+    got_b: list[B] = []
+
+    async def run_a() -> None:
+        got_a.append(await a())
+
+    async def run_b() -> None:
+        got_b.append(await b())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_a)
+        nursery.start_soon(run_b)
+    return got_a[0], got_b[0]

@@ -28,7 +28,8 @@ import qnet
 from qnet.api.remote import open_remote
 from qnet.daemon.control import open_daemon_client
 from qnet.errors import InvalidArgument, NotFound, Timeout, Unreachable
-from tests.daemon.test_app_service import agreement, agreement_floor, both, wait_sessions_gone
+from tests.daemon.test_app_service import agreement, agreement_floor, wait_sessions_gone
+from tests.network.circuithelpers import both
 from tests.process.test_circuits_process import CHAIN4, _up
 from tests.process.test_qnet_up import ROOT, Network
 

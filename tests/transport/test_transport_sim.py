@@ -4,9 +4,7 @@ and leave nothing allocated."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
 
 import pytest
 import trio
@@ -16,11 +14,9 @@ from qnet.errors import NotFound, Timeout
 from qnet.physical.gates import Basis, GateName
 from qnet.sim import SimNetwork, open_network
 from qnet.sockets import Qubit, Socket
-from tests.network.circuithelpers import chain, idle, until
+from tests.network.circuithelpers import both, chain, idle, until
 
 PORT = 7
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 async def _connect(
@@ -60,23 +56,6 @@ async def _close_both(net: SimNetwork, cli: Socket, conn: Socket) -> None:
         assert node.transport_layer.protocol_errors == 0
 
 
-async def _both(a: Callable[[], Awaitable[A]], b: Callable[[], Awaitable[B]]) -> tuple[A, B]:
-    """Run both calls at once (the two ends of a connection); their results."""
-    got_a: list[A] = []
-    got_b: list[B] = []
-
-    async def run_a() -> None:
-        got_a.append(await a())
-
-    async def run_b() -> None:
-        got_b.append(await b())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_a)
-        nursery.start_soon(run_b)
-    return got_a[0], got_b[0]
-
-
 async def test_messages_both_ways_in_order(autojump_clock: trio.abc.Clock) -> None:
     async with open_network(chain(3)) as net:
         cli, conn = await _connect(net, "n0", "n2")
@@ -106,7 +85,7 @@ async def test_epr_pairs_are_entangled(autojump_clock: trio.abc.Clock) -> None:
     async with open_network(chain(3)) as net:
         cli, conn = await _connect(net, "n0", "n2", min_fidelity=0.8)
         for k in range(6):
-            qa, qb = await _both(cli.epr, conn.epr)
+            qa, qb = await both(cli.epr, conn.epr)
             assert qa.number == qb.number == k
             fidelity = net.core.oracle_pair_fidelity(qa.id, qb.id, 0, net.now())
             assert fidelity >= min(qa.fidelity, qb.fidelity) - 0.02
@@ -122,7 +101,7 @@ async def test_epr_measure_outcomes_agree(autojump_clock: trio.abc.Clock) -> Non
     async with open_network(chain(3)) as net:
         cli, conn = await _connect(net, "n0", "n2", min_fidelity=0.9)
         for basis in ("Z", "X"):
-            a, b = await _both(
+            a, b = await both(
                 partial(cli.epr_measure, 10, basis=basis), partial(conn.epr_measure, 10, basis)
             )
             assert len(a) == len(b) == 10
@@ -139,12 +118,12 @@ async def test_teleported_states_arrive(autojump_clock: trio.abc.Clock) -> None:
             (qubit,) = await channel.allocate(1)
             await channel.gate(prepare, qubit)
             q = Qubit(channel, "n0", qubit)
-            _, received = await _both(partial(cli.send_qubit, q), conn.recv_qubit)
+            _, received = await both(partial(cli.send_qubit, q), conn.recv_qubit)
             assert await received.measure(basis) == expected
         (qubit,) = await net.sessions["n2"].allocate(1)
         await net.sessions["n2"].gate(GateName.X, qubit)
         back = Qubit(net.sessions["n2"], "n2", qubit)
-        _, received = await _both(partial(conn.send_qubit, back), cli.recv_qubit)
+        _, received = await both(partial(conn.send_qubit, back), cli.recv_qubit)
         assert await received.measure() == 1
         await _close_both(net, cli, conn)
 
@@ -200,7 +179,7 @@ async def test_other_circuits_stay_with_the_network_layer(
             tail = await net.node("n2").circuits.incoming.receive()
         assert tail.id == plain.id
         plain.close()
-        qa, qb = await _both(cli.epr, conn.epr)
+        qa, qb = await both(cli.epr, conn.epr)
         assert net.core.oracle_pair_fidelity(qa.id, qb.id, 0, net.now()) >= 0.78
         await qa.free()
         await qb.free()
@@ -227,7 +206,7 @@ async def test_an_idle_connection_stops_generating_and_resumes(
             assert node.circuits.core.is_paused(handles[0].id)
         # The next calls get pairs: the windows' at once, then the resumed circuit's.
         for k in range(8):
-            qa, qb = await _both(cli.epr, conn.epr)
+            qa, qb = await both(cli.epr, conn.epr)
             assert qa.number == qb.number == k
             fidelity = net.core.oracle_pair_fidelity(qa.id, qb.id, 0, net.now())
             assert fidelity >= 0.8 - 0.02
