@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qnet.daemon.rundir import RunDir, default_run_dir
-from qnet.errors import InvalidArgument, NotFound, Unreachable
+from qnet.errors import InvalidArgument, NotFound
 
 
 def is_address(target: str) -> bool:
@@ -31,10 +31,4 @@ def resolve_address(target: str, run_dir: str | Path | None = None) -> str:
             f"no running network in {path} to find node {target!r} in: start one with"
             " `qnet up TOPOLOGY`, set QNET_RUN_DIR, or give host:port"
         )
-    record = state.nodes.get(target)
-    if record is None:
-        known = ", ".join(sorted(state.nodes)) or "none"
-        raise NotFound(f"network {state.network!r} has no node {target!r} (nodes: {known})")
-    if not record.address or not record.running():
-        raise Unreachable(f"node {target!r} of network {state.network!r} is not running")
-    return record.address
+    return state.running_node(target).address

@@ -13,7 +13,7 @@ import trio
 from qnet.daemon import procs
 from qnet.daemon.launcher import DownResult, RestartResult, UpResult
 from qnet.daemon.rundir import DaemonRecord, NetworkState
-from qnet.errors import NotFound, QnetError
+from qnet.errors import QnetError
 from qnet.v1 import node_pb2 as pb
 
 #: Bound on each daemon's answer to ``qnet status`` and ``qnet links``.
@@ -268,12 +268,7 @@ async def gather_routes(state: NetworkState, node: str) -> pb.RoutesResponse:
     """The routing state of ``node``'s daemon (bounded)."""
     from qnet.daemon.control import open_daemon_client
 
-    record = state.nodes.get(node)
-    if record is None:
-        known = ", ".join(state.nodes) or "none"
-        raise NotFound(f"network {state.network} has no node {node!r} (nodes: {known})")
-    if not record.running():
-        raise QnetError(f"the daemon of {node} (pid {record.pid}) is not running")
+    record = state.running_node(node)
     try:
         with trio.fail_after(RPC_TIMEOUT_S):
             async with open_daemon_client(record.address) as client:
@@ -354,16 +349,6 @@ class CircuitReport:
         return self.pairs / self.seconds if self.seconds > 0 else 0.0
 
 
-def _node_record(state: NetworkState, node: str) -> DaemonRecord:
-    record = state.nodes.get(node)
-    if record is None:
-        known = ", ".join(state.nodes) or "none"
-        raise NotFound(f"network {state.network} has no node {node!r} (nodes: {known})")
-    if not record.running():
-        raise QnetError(f"the daemon of {node} (pid {record.pid}) is not running")
-    return record
-
-
 async def run_circuit(
     state: NetworkState,
     head: str,
@@ -384,7 +369,7 @@ async def run_circuit(
         raise QnetError(f"--pairs must be at least 1, got {pairs}")
     if basis not in _PARITY:
         raise QnetError(f"--basis must be Z, X or Y, got {basis!r}")
-    near, far = _node_record(state, head), _node_record(state, tail)
+    near, far = state.running_node(head), state.running_node(tail)
     topology = load_topology(state.topology)
     flips = (1 - 2 * topology.node(head).params.measure_error) * (
         1 - 2 * topology.node(tail).params.measure_error

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qnet.daemon.procs import is_running
-from qnet.errors import FailedPrecondition
+from qnet.errors import FailedPrecondition, NotFound, Unreachable
 
 STATE_VERSION = 1
 ENV_RUN_DIR = "QNET_RUN_DIR"
@@ -77,6 +77,20 @@ class NetworkState:
     launcher_pid: int = 0
     channel: DaemonRecord | None = None
     nodes: dict[str, DaemonRecord] = field(default_factory=dict)
+
+    def running_node(self, name: str) -> DaemonRecord:
+        """The record of node ``name``'s daemon: ``NotFound`` if the network has no such node,
+        ``Unreachable`` if its daemon is not running."""
+        record = self.nodes.get(name)
+        if record is None:
+            known = ", ".join(sorted(self.nodes)) or "none"
+            raise NotFound(f"network {self.network!r} has no node {name!r} (nodes: {known})")
+        if not record.address or not record.running():
+            raise Unreachable(
+                f"the daemon of {name} (pid {record.pid}) of network {self.network!r}"
+                " is not running"
+            )
+        return record
 
     def daemons(self) -> list[DaemonRecord]:
         """Nodes first, then the channel: the order to stop them in."""
