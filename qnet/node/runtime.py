@@ -571,8 +571,9 @@ class NodeRuntime:
                     self._flush(link)
         finally:
             self._balancing = False
-        self._memory_changed.set()
-        self._memory_changed = trio.Event()
+        if self._app_waiting:  # a hot path: wake only when an allocation waits
+            self._memory_changed.set()
+            self._memory_changed = trio.Event()
 
     def _deliver(self, link: _Link, event: UpperEvent) -> bool:
         """Count and hand out an event; True if it is the network layer's to take."""
