@@ -439,6 +439,18 @@ class CircuitCore:
                 held[c.down_peer] = held.get(c.down_peer, 0) + count
         return held
 
+    def reserved_by_link(self) -> dict[str, int]:
+        """Memory reserved here at setup, by the neighbour whose link the circuits use: a
+        circuit's reservation split evenly between its sides."""
+        reserved: dict[str, int] = {}
+        for c in self._circuits.values():
+            sides = [p for p in (c.up_peer, c.down_peer) if p is not None]
+            if not c.reserved or not sides:
+                continue
+            for peer in sides:
+                reserved[peer] = reserved.get(peer, 0) + c.reserved // len(sides)
+        return reserved
+
     def owns_purpose(self, purpose: int) -> bool:
         return purpose >= NETWORK_PURPOSE_BASE
 

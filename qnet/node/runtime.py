@@ -565,8 +565,14 @@ class NodeRuntime:
                 + self._app_waiting
                 + self.transport_layer.core.held_count()
             )
+            # A link may not arm into what a circuit reserved on another link: otherwise an
+            # intermediate node's busier side fills the memory with pairs that wait for a
+            # partner the starved side can then never make (a repeater deadlock).
+            reserved = self.circuits.core.reserved_by_link()
+            claims = {peer: max(n, reserved.get(peer, 0)) for peer, n in used.items()}
+            claimed = total - sum(used.values()) + sum(claims.values())
             for peer, link in self._links.items():
-                link.core.set_memory_elsewhere(total - used[peer], now)
+                link.core.set_memory_elsewhere(claimed - claims[peer], now)
                 if link.core.has_outputs:
                     self._flush(link)
         finally:

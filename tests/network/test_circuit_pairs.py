@@ -12,6 +12,7 @@ from qnet.network.circuit_events import CloseCode
 from qnet.network.routing_spf import path_fidelity
 from qnet.physical.gates import GateName
 from qnet.sim import SimNetwork, open_network
+from qnet.topology import parse_topology
 from tests.network.circuithelpers import Delivered, chain, idle, measure_pair, run_circuit, until
 from tests.network.linkhelpers import Z_SCORE, example, mean_and_error
 
@@ -166,3 +167,41 @@ async def test_cutoff_discards_pairs_that_waited_too_long(autojump_clock: trio.a
         with trio.fail_after(5):
             await until(net, lambda: idle(net))
         assert_nothing_held(net)
+
+
+async def test_a_fast_link_cannot_starve_the_slow_side_of_a_repeater(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The repeater's memory is exactly what the circuit reserves (two qubits a side). Its
+    short link makes pairs far faster than its long one: were the short link free to arm all
+    of the memory, its pairs would wait for partners the long link never gets a qubit for."""
+    topology = parse_topology(
+        """
+[network]
+name = "lopsided"
+seed = 5
+[defaults.node]
+memory_qubits = 4
+[defaults.link]
+scheme = "double_click"
+source_fidelity = 0.99
+[[node]]
+name = "n0"
+[[node]]
+name = "n1"
+[[node]]
+name = "n2"
+[[link]]
+between = ["n0", "n1"]
+length_km = 40
+[[link]]
+between = ["n1", "n2"]
+length_km = 1
+"""
+    )
+    async with open_network(topology) as net:
+        # 0.06 s of virtual time here; 12 s when the short link could take all the memory.
+        with trio.fail_after(1.0):
+            run = await run_circuit(net, "n0", "n2", number=10, min_fidelity=0.5)
+        assert [p.index for p in run.pairs] == list(range(10))
+        assert net.nodes["n1"].circuits.core.counters["swaps"] >= 10
