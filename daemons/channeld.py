@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from qnet.channel.service import ChannelDaemonConfig, run_channel_daemon
+from qnet.errors import QnetError
 
 
 def _parse(argv: list[str] | None) -> tuple[ChannelDaemonConfig, Path | None, str]:
@@ -37,6 +38,11 @@ def _parse(argv: list[str] | None) -> tuple[ChannelDaemonConfig, Path | None, st
         action="store_true",
         help="serve the test-only oracle of true pair fidelities",
     )
+    p.add_argument(
+        "--certs",
+        type=Path,
+        help="the network's credentials (qnet certs): serve mutual TLS with channeld.pem",
+    )
     p.add_argument("--ready-file", type=Path, help="write {address, pid} here once serving")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
@@ -51,6 +57,7 @@ def _parse(argv: list[str] | None) -> tuple[ChannelDaemonConfig, Path | None, st
         time_scale=a.time_scale,
         max_group_qubits=a.max_group_qubits,
         test_oracle=a.test_oracle,
+        certs=a.certs,
     )
     return config, a.ready_file, a.log_level
 
@@ -78,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         trio.run(_main, config, ready_file)
-    except OSError as exc:
+    except Exception as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # type: ignore[assignment]  # the single error inside
+        if not isinstance(exc, OSError | QnetError):
+            raise
         print(f"qnet-channeld: {exc}", file=sys.stderr)
         sys.exit(1)
 

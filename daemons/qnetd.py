@@ -39,6 +39,12 @@ def _parse(argv: list[str] | None) -> tuple[NodeDaemonConfig, Path | None, str]:
         default=DEFAULT_CHANNEL_TIMEOUT_S,
         help="seconds to wait for qnet-channeld to accept connections (default %(default)s)",
     )
+    p.add_argument(
+        "--certs",
+        type=Path,
+        help="the network's credentials (qnet certs): mutual TLS with node-NODE.pem"
+        " (default: the topology's [security] certs_dir when its TLS is on)",
+    )
     p.add_argument("--ready-file", type=Path, help="write {address, pid, node} here once ready")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
@@ -50,6 +56,7 @@ def _parse(argv: list[str] | None) -> tuple[NodeDaemonConfig, Path | None, str]:
             host=a.host,
             port=a.port,
             channel_timeout_s=a.channel_timeout,
+            certs=a.certs,
         )
     except QnetError as exc:
         p.error(str(exc))

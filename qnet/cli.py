@@ -163,6 +163,16 @@ def _restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop(args: argparse.Namespace) -> int:
+    from qnet.daemon.launcher import stop_nodes
+
+    run_dir = _run_dir(args)
+    stopped = {d.name for d in _run(lambda: stop_nodes(run_dir, args.nodes))}
+    for name in dict.fromkeys(args.nodes):
+        print(f"{name} stopped" if name in stopped else f"{name} was not running")
+    return 0
+
+
 def _circuit(args: argparse.Namespace) -> int:
     from qnet.daemon.report import format_circuit, run_circuit
 
@@ -180,6 +190,21 @@ def _circuit(args: argparse.Namespace) -> int:
     )
     print(format_circuit(report))
     return 0 if report.pairs == args.pairs else 1
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from qnet.security.certs import write_network_certs
+    from qnet.topology import load_topology
+
+    out = Path(args.out)
+    written = write_network_certs(
+        load_topology(args.topology), out, days=args.days, replace=args.force
+    )
+    print(f"wrote {len(written)} files to {out}: the network CA, channeld, the application")
+    print("credential (app.pem/.key, app.token) and one certificate per node; keys are 0600.")
+    print("Keep ca.key off the node machines; give each node ca.pem, its node-NAME files and")
+    print("app.token, and point the topology's [security] certs_dir (or --certs) at them.")
+    return 0
 
 
 def _add_run_dir(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +263,16 @@ def _add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     _add_run_dir(restart)
     restart.add_argument("--timeout", type=float, default=30.0, help="seconds allowed (default 30)")
     restart.set_defaults(run=_restart)
+    stop = sub.add_parser(
+        "stop",
+        help="stop some nodes' daemons and leave the rest running",
+        description="Stop the daemons of the named nodes (SIGTERM, then SIGKILL after a grace"
+        " period); their neighbours notice and routing goes round them. `qnet restart NODE`"
+        " starts one again; `qnet down` stops everything.",
+    )
+    stop.add_argument("nodes", nargs="+", metavar="NODE", help="names of the nodes")
+    _add_run_dir(stop)
+    stop.set_defaults(run=_stop)
     circuit = sub.add_parser(
         "circuit",
         help="open a circuit between two nodes and measure its pairs at both ends",
@@ -295,10 +330,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
     _add_network_commands(sub)
+    certs = sub.add_parser(
+        "certs",
+        help="create a network CA and the certificates of every daemon of a topology",
+        description="Create a certificate authority for the network of TOPOLOGY and issue"
+        " (ECDSA P-256) a certificate for qnet-channeld, each node and the applications, plus"
+        " an application token, in --out. Daemons then use mutual TLS with them (--certs, or"
+        " [security] certs_dir).",
+    )
+    certs.add_argument("topology", help="topology file (TOML)")
+    certs.add_argument("--out", required=True, help="directory to write (made mode 0700)")
+    certs.add_argument(
+        "--days", type=int, default=365, help="validity of every certificate (default 365)"
+    )
+    certs.add_argument(
+        "--force", action="store_true", help="replace the CA a directory already holds"
+    )
+    certs.set_defaults(run=_certs)
     from qnet.apps.cli import add_app_command, run_app
 
     add_app_command(sub)
     sub.choices["app"].set_defaults(run=run_app)
+    from qnet.interop.cli import add_interop_command
+
+    add_interop_command(sub)
     return parser
 
 

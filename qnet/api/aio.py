@@ -326,10 +326,10 @@ async def open_node(
             f"open_node takes a node name, host:port or a NodeRuntime, got {target!r}"
         )
     from qnet.api.remote import open_remote
-    from qnet.api.resolve import resolve_address
+    from qnet.api.resolve import resolve
 
-    address = resolve_address(target, run_dir)
-    async with open_remote(address) as backend:
+    address, tls = resolve(target, run_dir)
+    async with open_remote(address, tls) as backend:
         node = AsyncNode(backend)
         try:
             yield node

@@ -45,7 +45,8 @@ from qnet.errors import (
     error_from_wire,
 )
 from qnet.physical.gates import parse_basis, parse_gate
-from qnet.runtime.grpc_bridge import BidiStream, close_channel, insecure_channel, stream_stream
+from qnet.runtime.grpc_bridge import BidiStream, close_channel, stream_stream
+from qnet.security.tls import ClientTLS, client_channel
 from qnet.transport.bindings import check_port
 from qnet.v1 import node_pb2 as pb
 from qnet.v1 import node_pb2_grpc as pb_grpc
@@ -477,10 +478,13 @@ def _qubit_id(qubit: object) -> int:
 
 
 @asynccontextmanager
-async def open_remote(address: str) -> AsyncGenerator[RemoteBackend, None]:
+async def open_remote(
+    address: str, tls: ClientTLS | None = None
+) -> AsyncGenerator[RemoteBackend, None]:
     """A session with the node daemon at ``address`` ("host:port"); leaving it ends the
-    session (``aclose``). ``Unreachable`` if no daemon answers within ``OPEN_TIMEOUT_S``."""
-    channel = insecure_channel(address)
+    session (``aclose``). ``Unreachable`` if no daemon answers within ``OPEN_TIMEOUT_S``.
+    ``tls``: mutual TLS with the network's application credential (``resolve``)."""
+    channel = client_channel(address, tls)
 
     def mapper(error: grpc.RpcError) -> BaseException:
         return rpc_error_to_qnet(error, where=f"qnetd at {address}")

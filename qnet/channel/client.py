@@ -19,10 +19,10 @@ from qnet.physical.params import LinkParams, NodeParams
 from qnet.runtime.grpc_bridge import (
     close_channel,
     error_type_name,
-    insecure_channel,
     server_stream,
     unary_call,
 )
+from qnet.security.tls import ClientTLS, client_channel
 from qnet.v1 import channel_pb2 as pb
 from qnet.v1 import channel_pb2_grpc as pb_grpc
 
@@ -106,8 +106,11 @@ class ChannelClient:
 
 
 @asynccontextmanager
-async def open_channel_client(address: str) -> AsyncGenerator[ChannelClient, None]:
-    channel = insecure_channel(address)
+async def open_channel_client(
+    address: str, tls: ClientTLS | None = None
+) -> AsyncGenerator[ChannelClient, None]:
+    """A client of qnet-channeld at ``address``; ``tls``: mutual TLS (a node's credential)."""
+    channel = client_channel(address, tls)
     try:
         yield ChannelClient(address, channel)
     finally:

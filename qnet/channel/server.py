@@ -22,12 +22,17 @@ from qnet.errors import AlreadyExists, InvalidArgument, QnetError, Unauthenticat
 from qnet.physical.channel_core import ChannelCore
 from qnet.runtime.clock import PhysicalClock
 from qnet.runtime.grpc_service import Malformed, malformed_error
+from qnet.security.identity import require_node
 from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.channeld")
 
 #: Operations one Execute request may carry.
 MAX_OPERATIONS = 10_000
+#: Wall-clock seconds a session that had an event stream may go without one (and without a
+#: request) before the backend ends it and frees its qubits: a node daemon holds its stream for
+#: its whole life, so a stream that broke and stays closed is a daemon that died (kill -9).
+ORPHAN_LEASE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -40,17 +45,26 @@ class _Session:
     recv: trio.MemoryReceiveChannel[pb.Event]
     streaming: bool = False
     ended: bool = False
+    #: trio time its event stream closed while the session lived (None: open, or never had one).
+    orphaned_at: float | None = None
 
 
 class ChannelServer:
     """The Channel API over one physical core. Create and ``run`` it inside trio."""
 
-    def __init__(self, core: ChannelCore, clock: PhysicalClock) -> None:
+    def __init__(
+        self, core: ChannelCore, clock: PhysicalClock, *, authenticate: bool = False
+    ) -> None:
         self.core = core
         self.clock = clock
+        #: TLS is on: each request comes from a node's certificate (``identity.caller()``),
+        #: and a node may register, and use a session, only as itself.
+        self.authenticate = authenticate
         self._sessions: dict[str, _Session] = {}
         self._by_node: dict[str, _Session] = {}
         self._wake = trio.Event()
+        #: Sessions whose event stream closed (see ORPHAN_LEASE_S).
+        self._orphans: set[_Session] = set()
 
     # -- driver loop ---------------------------------------------------------------------
 
@@ -61,10 +75,10 @@ class ChannelServer:
         while True:
             deadline = self.core.next_deadline()
             self._wake = trio.Event()
-            with trio.move_on_at(
-                self.clock.trio_time(deadline) if deadline is not None else float("inf")
-            ):
+            wake_at = self.clock.trio_time(deadline) if deadline is not None else float("inf")
+            with trio.move_on_at(min(wake_at, self._lease_deadline())):
                 await self._wake.wait()
+            self._end_orphans()
             self.core.advance(max(self.clock.now_ns(), self.core.now))
             self._dispatch()
 
@@ -87,7 +101,35 @@ class ChannelServer:
         session = self._sessions.get(token)
         if session is None:
             raise Unauthenticated("unknown or ended session; register the node first")
+        if self.authenticate:
+            require_node(session.node, what=f"use the session of node {session.node}")
+        if session.orphaned_at is not None:
+            session.orphaned_at = trio.current_time()  # a request renews the lease
         return session
+
+    def _lease_deadline(self) -> float:
+        return min(
+            (s.orphaned_at + ORPHAN_LEASE_S for s in self._orphans if s.orphaned_at is not None),
+            default=float("inf"),
+        )
+
+    def _end_orphans(self) -> None:
+        now = trio.current_time()
+        for session in list(self._orphans):
+            if session.ended or session.orphaned_at is None:
+                self._orphans.discard(session)
+            elif now >= session.orphaned_at + ORPHAN_LEASE_S:
+                self._orphans.discard(session)
+                log.warning(
+                    "node %s: its event stream closed %.1f s ago and it has not come back;"
+                    " ending its session and freeing its %d qubits",
+                    session.node,
+                    now - session.orphaned_at,
+                    self.core.memory_in_use(session.node),
+                )
+                self.core.unregister_node(session.node, self._now())
+                self._end_session(session, "the node's event stream closed and stayed closed")
+                self._dispatch()
 
     def _end_session(self, session: _Session, reason: str) -> None:
         session.ended = True
@@ -115,6 +157,8 @@ class ChannelServer:
 
     async def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
         check_version(req)
+        if self.authenticate:
+            require_node(req.node, what=f"register as node {req.node}")
         params = wire.node_params_from_wire(req.memory_qubits, req.noise)
         now = self._now()
         old = self._by_node.get(req.node)
@@ -283,6 +327,8 @@ class ChannelServer:
         if session.streaming:
             raise AlreadyExists(f"an event stream is already open for node {session.node}")
         session.streaming = True
+        session.orphaned_at = None
+        self._orphans.discard(session)
         try:
             yield pb.Event(
                 protocol_version=PROTOCOL_VERSION,
@@ -293,6 +339,10 @@ class ChannelServer:
                 yield event
         finally:
             session.streaming = False
+            if not session.ended:
+                session.orphaned_at = trio.current_time()
+                self._orphans.add(session)
+                self._wake.set()
 
     async def now(self, req: pb.NowRequest) -> pb.NowResponse:
         check_version(req)
@@ -310,6 +360,7 @@ class ChannelServer:
             qubits_in_use=self.core.qubits_in_use,
             uptime_s=self.clock.uptime_s,
             pid=os.getpid(),
+            qubits_by_node={n: self.core.memory_in_use(n) for n in self.core.nodes()},
         )
 
     async def pair_fidelity(self, req: pb.PairFidelityRequest) -> pb.PairFidelityResponse:

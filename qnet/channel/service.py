@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import grpc
 import trio
@@ -13,13 +15,17 @@ from qnet.channel.server import ChannelServer
 from qnet.physical.channel_core import ChannelCore
 from qnet.runtime.clock import PhysicalClock
 from qnet.runtime.grpc_bridge import TrioGrpcBridge, serve
-from qnet.runtime.grpc_service import RpcHandler, service_handler
+from qnet.runtime.grpc_service import Guard, RpcHandler, service_handler
+from qnet.security.identity import CHANNEL
+from qnet.security.tls import identify, load_credentials
 from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.channeld")
 
 
-def channel_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
+def channel_handler(
+    bridge: TrioGrpcBridge, impl: ChannelServer, guard: Guard | None = None
+) -> RpcHandler:
     return service_handler(
         pb.DESCRIPTOR.services_by_name["Channel"],
         bridge,
@@ -39,14 +45,18 @@ def channel_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
             "Now": impl.now,
             "Health": impl.health,
         },
+        guard=guard,
     )
 
 
-def oracle_handler(bridge: TrioGrpcBridge, impl: ChannelServer) -> RpcHandler:
+def oracle_handler(
+    bridge: TrioGrpcBridge, impl: ChannelServer, guard: Guard | None = None
+) -> RpcHandler:
     return service_handler(
         pb.DESCRIPTOR.services_by_name["ChannelOracle"],
         bridge,
         {"PairFidelity": impl.pair_fidelity},
+        guard=guard,
     )
 
 
@@ -58,6 +68,8 @@ class ChannelDaemonConfig:
     time_scale: float = 1.0
     max_group_qubits: int = 10
     test_oracle: bool = False
+    #: The network's credentials (``qnet certs``): serve mutual TLS, nodes only as themselves.
+    certs: Path | None = None
 
 
 async def run_channel_daemon(
@@ -66,17 +78,27 @@ async def run_channel_daemon(
     task_status: trio.TaskStatus[tuple[int, ChannelServer]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the Channel API until cancelled; ``task_status.started`` gets (port, server)."""
+    creds = None if config.certs is None else load_credentials(config.certs, CHANNEL)
     core = ChannelCore(seed=config.seed, max_group_qubits=config.max_group_qubits)
-    impl = ChannelServer(core, PhysicalClock(config.time_scale))
+    impl = ChannelServer(core, PhysicalClock(config.time_scale), authenticate=creds is not None)
     bridge = TrioGrpcBridge()
+    guard = None if creds is None else identify
 
     def register(server: grpc.Server) -> None:
-        server.add_generic_rpc_handlers((channel_handler(bridge, impl),))
+        server.add_generic_rpc_handlers((channel_handler(bridge, impl, guard),))
         if config.test_oracle:
-            server.add_generic_rpc_handlers((oracle_handler(bridge, impl),))
+            server.add_generic_rpc_handlers((oracle_handler(bridge, impl, guard),))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(impl.run)
-        port = await nursery.start(serve, register, config.host, config.port)
+        port = await nursery.start(
+            partial(
+                serve,
+                register,
+                config.host,
+                config.port,
+                credentials=None if creds is None else creds.server_credentials(),
+            )
+        )
         log.info("qnet-channeld serving on %s:%d", config.host, port)
         task_status.started((port, impl))

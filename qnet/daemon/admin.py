@@ -22,7 +22,7 @@ from qnet.errors import NotFound, Unreachable
 from qnet.node.grpc_transport import GrpcPeerTransport, TransportStats
 from qnet.node.runtime import NodeRuntime
 from qnet.runtime.grpc_bridge import TrioGrpcBridge
-from qnet.runtime.grpc_service import RpcHandler, service_handler
+from qnet.runtime.grpc_service import Guard, RpcHandler, service_handler
 from qnet.topology import Topology
 from qnet.v1 import node_pb2 as pb
 
@@ -48,7 +48,7 @@ class AdminService:
         self.started_wall = time.monotonic()
         self.running: RunningNode | None = None
 
-    def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
+    def handlers(self, bridge: TrioGrpcBridge, guard: Guard | None = None) -> RpcHandler:
         return service_handler(
             pb.DESCRIPTOR.services_by_name["NodeAdmin"],
             bridge,
@@ -62,6 +62,7 @@ class AdminService:
                 "Routes": self.routes,
                 "WaitRoutes": self.wait_routes,
             },
+            guard=guard,
         )
 
     def _running(self) -> RunningNode:

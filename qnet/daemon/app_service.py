@@ -49,7 +49,7 @@ from qnet.errors import (
 from qnet.node.runtime import NodeRuntime
 from qnet.physical.gates import GATES, Basis
 from qnet.runtime.grpc_bridge import TrioGrpcBridge
-from qnet.runtime.grpc_service import Malformed, RpcHandler, malformed_error, service_handler
+from qnet.runtime.grpc_service import Guard, Malformed, RpcHandler, malformed_error, service_handler
 from qnet.sockets import Qubit, Socket
 from qnet.transport.bindings import check_port
 from qnet.v1 import node_pb2 as pb
@@ -79,9 +79,12 @@ class AppService:
         #: Which session holds each qubit applications hold here.
         self.owners: dict[int, _Session] = {}
 
-    def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
+    def handlers(self, bridge: TrioGrpcBridge, guard: Guard | None = None) -> RpcHandler:
         return service_handler(
-            pb.DESCRIPTOR.services_by_name["Application"], bridge, {"Session": self.session}
+            pb.DESCRIPTOR.services_by_name["Application"],
+            bridge,
+            {"Session": self.session},
+            guard=guard,
         )
 
     @property

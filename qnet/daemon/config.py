@@ -27,6 +27,9 @@ class NodeDaemonConfig:
     port: int | None = None
     channel_timeout_s: float = DEFAULT_CHANNEL_TIMEOUT_S
     rto_wall_s: float = DEFAULT_RTO_WALL_S
+    #: The network's credentials (``qnet certs``): mutual TLS with this node's certificate.
+    #: None: the topology's [security] certs_dir when its TLS is on, else plaintext.
+    certs: Path | None = None
 
     def __post_init__(self) -> None:
         if self.host is not None:

@@ -14,7 +14,8 @@ from qnet.channel.wire import BASIS_TO_WIRE
 from qnet.daemon.wire import V
 from qnet.errors import ProtocolError
 from qnet.physical.gates import Basis
-from qnet.runtime.grpc_bridge import close_channel, insecure_channel, server_stream, unary_call
+from qnet.runtime.grpc_bridge import close_channel, server_stream, unary_call
+from qnet.security.tls import ClientTLS, client_channel
 from qnet.v1 import node_pb2 as pb
 from qnet.v1 import node_pb2_grpc as pb_grpc
 
@@ -190,8 +191,12 @@ class DaemonClient:
 
 
 @asynccontextmanager
-async def open_daemon_client(address: str) -> AsyncGenerator[DaemonClient, None]:
-    channel = insecure_channel(address)
+async def open_daemon_client(
+    address: str, tls: ClientTLS | None = None
+) -> AsyncGenerator[DaemonClient, None]:
+    """A client of the qnetd at ``address``; ``tls``: mutual TLS with the application
+    credential (``NetworkState.client_tls``)."""
+    channel = client_channel(address, tls)
     try:
         yield DaemonClient(address, channel)
     finally:

@@ -48,6 +48,7 @@ from qnet.errors import (
     Timeout,
     Unreachable,
 )
+from qnet.security.files import CA_CERT
 from qnet.topology import Topology, load_topology
 from qnet.v1 import node_pb2 as pb
 
@@ -237,6 +238,14 @@ async def up(
     if not topology_path.is_absolute():
         raise InvalidArgument(f"the topology path must be absolute, got {topology_path}")
     topology = load_topology(topology_path)
+    parts = topology.components()
+    if len(parts) > 1:
+        # Routing could never converge: `up` would only time out waiting for it.
+        named = "; ".join("{" + ", ".join(part) + "}" for part in parts)
+        raise InvalidArgument(
+            f"{topology_path}: the network {topology.name} is not connected: its links leave"
+            f" {len(parts)} separate parts: {named}; add links between them"
+        )
     rd = RunDir(run_dir)
     with rd.lock():
         notes = clear_previous(rd)
@@ -247,12 +256,14 @@ async def up(
             if spec.port:
                 _check_port_free(spec.host, spec.port, f"node {spec.name}", topology)
         scale = topology.time_scale if time_scale is None else time_scale
+        certs = _certs_dir(topology, rd)
         state = NetworkState(
             network=topology.name,
             topology=str(topology_path),
             time_scale=scale,
             started_at=time.time(),
             launcher_pid=os.getpid(),
+            certs_dir="" if certs is None else str(certs),
         )
         launch = _Launch(rd, state, trio.current_time() + timeout_s)
         try:
@@ -266,6 +277,26 @@ async def up(
     return UpResult(state, rd.path, time.monotonic() - started, tuple(notes))
 
 
+def _certs_dir(topology: Topology, rd: RunDir) -> Path | None:
+    """Where the daemons' credentials are when the topology's TLS is on (None: off): its
+    [security] certs_dir, else a fresh set in the run directory (CA key not kept)."""
+    if not topology.tls:
+        return None
+    given = topology.certs_path()
+    if given is not None:
+        if not (given / CA_CERT).is_file():
+            raise FailedPrecondition(
+                f"[security] certs_dir {given} holds no {CA_CERT}: create the network's"
+                f" credentials with `qnet certs {topology.source or 'TOPOLOGY'} --out {given}`"
+            )
+        return given.absolute()
+    from qnet.security.certs import write_network_certs
+
+    out = rd.path.absolute() / "certs"
+    write_network_certs(topology, out, keep_ca_key=False, replace=True)
+    return out
+
+
 async def _start(
     launch: _Launch,
     topology: Topology,
@@ -276,15 +307,17 @@ async def _start(
 ) -> None:
     chan = topology.channel
     channel_address = _address(chan.host, chan.port or _free_port(chan.host))
+    certs = launch.state.certs_dir
     channel_argv = [
         *_program(CHANNEL_PROGRAM, "qnet.daemons.channeld"),
         *("--host", chan.host, "--port", channel_address.rsplit(":", 1)[1]),
         *("--seed", str(topology.seed), "--time-scale", repr(scale)),
         *("--max-group-qubits", str(topology.max_group_qubits), "--log-level", log_level),
+        *(("--certs", certs) if certs else ()),
     ]
     children = [await launch.spawn("channel", CHANNEL_PROGRAM, channel_argv)]
     for spec in topology.nodes:
-        argv = _node_argv(spec.name, topology_path, channel_address, timeout_s, log_level)
+        argv = _node_argv(spec.name, topology_path, channel_address, timeout_s, log_level, certs)
         children.append(await launch.spawn(spec.name, NODE_PROGRAM, argv))
 
     ready = {child.record.name: trio.Event() for child in children}
@@ -316,13 +349,19 @@ async def _start(
 
 
 def _node_argv(
-    node: str, topology_path: Path, channel_address: str, timeout_s: float, log_level: str
+    node: str,
+    topology_path: Path,
+    channel_address: str,
+    timeout_s: float,
+    log_level: str,
+    certs: str = "",
 ) -> list[str]:
     return [
         *_program(NODE_PROGRAM, "qnet.daemons.qnetd"),
         *("--node", node, "--topology", str(topology_path)),
         *("--channel", channel_address, "--channel-timeout", f"{timeout_s:g}"),
         *("--log-level", log_level),
+        *(("--certs", certs) if certs else ()),
     ]
 
 
@@ -335,12 +374,13 @@ async def _link_node(
     from qnet.daemon import control
 
     nodes = launch.state.nodes
+    tls = launch.state.client_tls
     neighbours = topology.neighbours(name)
     if tell_neighbours:
         for peer in neighbours:
-            async with control.open_daemon_client(nodes[peer].address) as client:
+            async with control.open_daemon_client(nodes[peer].address, tls(peer)) as client:
                 await client.set_peers({name: nodes[name].address})
-    async with control.open_daemon_client(nodes[name].address) as client:
+    async with control.open_daemon_client(nodes[name].address, tls(name)) as client:
         await client.set_peers({p: nodes[p].address for p in neighbours})
         linked = await client.wait_linked(_remaining(launch))
         if not linked.linked:
@@ -423,6 +463,26 @@ async def _stop_group(daemons: list[DaemonRecord]) -> list[DaemonRecord]:
     return stubborn
 
 
+async def stop_nodes(run_dir: Path, names: list[str]) -> list[DaemonRecord]:
+    """Stop the named node daemons of the network in ``run_dir`` (the others keep running);
+    returns the ones that were running. ``qnet restart NAME`` starts one again."""
+    rd = RunDir(run_dir)
+    with rd.lock():
+        state = rd.read_state()
+        if state is None:
+            raise FailedPrecondition(f"no network is recorded in {rd.path}: nothing to stop")
+        unknown = [n for n in names if n not in state.nodes]
+        if unknown:
+            known = ", ".join(state.nodes) or "none"
+            raise InvalidArgument(
+                f"network {state.network} has no node {', '.join(map(repr, unknown))}"
+                f" (nodes: {known})"
+            )
+        live = [state.nodes[n] for n in dict.fromkeys(names) if state.nodes[n].running()]
+        await _stop_group(live)
+    return live
+
+
 # -- restart ----------------------------------------------------------------------------------
 
 
@@ -459,7 +519,7 @@ async def restart(run_dir: Path, node: str, *, timeout_s: float = UP_TIMEOUT_S) 
         if was_running:
             await _stop_group([old])
         argv = list(old.argv) or _node_argv(
-            node, Path(state.topology), channel.address, timeout_s, "INFO"
+            node, Path(state.topology), channel.address, timeout_s, "INFO", state.certs_dir
         )
         launch = _Launch(rd, state, trio.current_time() + timeout_s)
         child = await launch.spawn(node, NODE_PROGRAM, argv)
@@ -483,6 +543,7 @@ async def _relink(launch: _Launch, topology: Topology, node: str) -> tuple[list[
     from qnet.daemon import control
 
     nodes = launch.state.nodes
+    tls = launch.state.client_tls
     down = [n for n, record in nodes.items() if n != node and not record.running()]
     if not down:
         problems = await _link_node(launch, topology, node, tell_neighbours=True)
@@ -490,7 +551,7 @@ async def _relink(launch: _Launch, topology: Topology, node: str) -> tuple[list[
             return problems, []
 
         async def wait_one(name: str) -> None:
-            async with control.open_daemon_client(nodes[name].address) as client:
+            async with control.open_daemon_client(nodes[name].address, tls(name)) as client:
                 routes = await client.wait_routes(_remaining(launch))
             if not routes.complete:
                 problems.append(_incomplete(topology, routes))
@@ -500,11 +561,11 @@ async def _relink(launch: _Launch, topology: Topology, node: str) -> tuple[list[
                 nursery.start_soon(wait_one, name)
         return problems, []
     note = f"not running: {', '.join(down)}; routes were not checked against the topology"
-    async with control.open_daemon_client(nodes[node].address) as client:
+    async with control.open_daemon_client(nodes[node].address, tls(node)) as client:
         up = [p for p in topology.neighbours(node) if p not in down]
         await client.set_peers({p: nodes[p].address for p in up})
         for peer in up:
-            async with control.open_daemon_client(nodes[peer].address) as neighbour:
+            async with control.open_daemon_client(nodes[peer].address, tls(peer)) as neighbour:
                 await neighbour.set_peers({node: nodes[node].address})
         await client.wait_linked(_remaining(launch), peers=up)
         routes = await client.routes()

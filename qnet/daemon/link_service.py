@@ -42,7 +42,7 @@ from qnet.node.interfaces import ChannelAccess
 from qnet.node.runtime import NodeRuntime
 from qnet.physical.gates import Basis
 from qnet.runtime.grpc_bridge import TrioGrpcBridge
-from qnet.runtime.grpc_service import RpcHandler, service_handler
+from qnet.runtime.grpc_service import Guard, RpcHandler, service_handler
 from qnet.v1 import channel_pb2 as channel_pb
 from qnet.v1 import node_pb2 as pb
 
@@ -107,7 +107,7 @@ class LinkService:
         self._held_per_peer: Counter[str] = Counter()
         self._to_free, self._freeing = trio.open_memory_channel[int](math.inf)
 
-    def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
+    def handlers(self, bridge: TrioGrpcBridge, guard: Guard | None = None) -> RpcHandler:
         return service_handler(
             pb.DESCRIPTOR.services_by_name["LinkLayer"],
             bridge,
@@ -118,6 +118,7 @@ class LinkService:
                 "MeasureQubits": self.measure_qubits,
                 "FreeQubits": self.free_qubits,
             },
+            guard=guard,
         )
 
     @property

@@ -35,7 +35,7 @@ from qnet.node.circuit_driver import CircuitHandle
 from qnet.node.runtime import NodeRuntime
 from qnet.physical.gates import Basis
 from qnet.runtime.grpc_bridge import TrioGrpcBridge
-from qnet.runtime.grpc_service import RpcHandler, service_handler
+from qnet.runtime.grpc_service import Guard, RpcHandler, service_handler
 from qnet.v1 import node_pb2 as pb
 
 log = logging.getLogger("qnet.daemon.network")
@@ -97,11 +97,12 @@ class NetworkService:
         self._watchers: list[_Stream] = []
         self._ends: set[_End] = set()
 
-    def handlers(self, bridge: TrioGrpcBridge) -> RpcHandler:
+    def handlers(self, bridge: TrioGrpcBridge, guard: Guard | None = None) -> RpcHandler:
         return service_handler(
             pb.DESCRIPTOR.services_by_name["NetworkLayer"],
             bridge,
             {"OpenCircuit": self.open_circuit, "CircuitEvents": self.circuit_events},
+            guard=guard,
         )
 
     @property

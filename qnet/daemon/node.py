@@ -38,7 +38,9 @@ from qnet.errors import Unreachable
 from qnet.node.grpc_transport import GrpcPeerTransport
 from qnet.node.runtime import NodeRuntime
 from qnet.runtime.clock import PhysicalClock
-from qnet.runtime.grpc_bridge import TrioGrpcBridge, close_channel, insecure_channel, serve
+from qnet.runtime.grpc_bridge import TrioGrpcBridge, close_channel, serve
+from qnet.security.identity import CHANNEL, Identity
+from qnet.security.tls import ClientTLS, app_guard, client_channel, daemon_credentials
 from qnet.topology import Topology, load_topology
 
 log = logging.getLogger("qnet.daemon")
@@ -68,9 +70,11 @@ def peer_addresses(topology: Topology, node: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def connect_channel(address: str, timeout_s: float) -> AsyncGenerator[ChannelClient, None]:
+async def connect_channel(
+    address: str, timeout_s: float, tls: ClientTLS | None = None
+) -> AsyncGenerator[ChannelClient, None]:
     """A client of qnet-channeld at ``address`` once it accepts connections (bounded)."""
-    channel = insecure_channel(address, options=_CHANNEL_OPTIONS)
+    channel = client_channel(address, tls, options=_CHANNEL_OPTIONS)
     try:
         ready = grpc.channel_ready_future(channel)
         token = trio.lowlevel.current_trio_token()
@@ -111,26 +115,41 @@ async def run_node_daemon(
     links = LinkService(name)
     network = NetworkService(name, links)
     apps = AppService(name)
-    transport = GrpcPeerTransport(name, peer_addresses(topology, name))
+    creds = daemon_credentials(topology, config.certs, Identity.node(name))
+    transport = GrpcPeerTransport(name, peer_addresses(topology, name), tls=creds)
     bridge = TrioGrpcBridge()
+    guard = None if creds is None else app_guard(creds.app_token)
 
     def register(server: grpc.Server) -> None:
         server.add_generic_rpc_handlers(
             (
                 transport.handlers(bridge),
-                admin.handlers(bridge),
-                links.handlers(bridge),
-                network.handlers(bridge),
-                apps.handlers(bridge),
+                admin.handlers(bridge, guard),
+                links.handlers(bridge, guard),
+                network.handlers(bridge, guard),
+                apps.handlers(bridge, guard),
             )
         )
 
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(partial(serve, register, host, port, grace=STOP_GRACE_S))
+        bound = await nursery.start(
+            partial(
+                serve,
+                register,
+                host,
+                port,
+                grace=STOP_GRACE_S,
+                credentials=None if creds is None else creds.server_credentials(),
+            )
+        )
         address = _address(host, bound)
         log.info("%s: serving on %s; backend at %s", name, address, config.channel)
         async with (
-            connect_channel(config.channel, config.channel_timeout_s) as client,
+            connect_channel(
+                config.channel,
+                config.channel_timeout_s,
+                None if creds is None else creds.client(CHANNEL),
+            ) as client,
             trio.open_nursery() as node_tasks,
         ):
             session = await client.register(name, spec.params, takeover=True)

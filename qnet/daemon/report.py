@@ -14,6 +14,7 @@ from qnet.daemon import procs
 from qnet.daemon.launcher import DownResult, RestartResult, UpResult
 from qnet.daemon.rundir import DaemonRecord, NetworkState
 from qnet.errors import QnetError
+from qnet.security.tls import ClientTLS
 from qnet.v1 import node_pb2 as pb
 
 #: Bound on each daemon's answer to ``qnet status`` and ``qnet links``.
@@ -90,14 +91,14 @@ class StatusRow:
         return self.health == "healthy"
 
 
-async def _node_status(record: DaemonRecord) -> StatusRow:
+async def _node_status(record: DaemonRecord, tls: ClientTLS | None) -> StatusRow:
     from qnet.daemon.control import open_daemon_client
 
     if not record.running():
         return StatusRow(record, "exited")
     try:
         with trio.fail_after(RPC_TIMEOUT_S):
-            async with open_daemon_client(record.address) as client:
+            async with open_daemon_client(record.address, tls) as client:
                 st = await client.status()
     except trio.TooSlowError:
         return StatusRow(record, "unreachable", detail=f"no answer in {RPC_TIMEOUT_S:g} s")
@@ -117,14 +118,14 @@ async def _node_status(record: DaemonRecord) -> StatusRow:
     )
 
 
-async def _channel_status(record: DaemonRecord) -> StatusRow:
+async def _channel_status(record: DaemonRecord, tls: ClientTLS | None) -> StatusRow:
     from qnet.channel.client import open_channel_client
 
     if not record.running():
         return StatusRow(record, "exited")
     try:
         with trio.fail_after(RPC_TIMEOUT_S):
-            async with open_channel_client(record.address) as client:
+            async with open_channel_client(record.address, tls) as client:
                 h = await client.health()
     except trio.TooSlowError:
         return StatusRow(record, "unreachable", detail=f"no answer in {RPC_TIMEOUT_S:g} s")
@@ -144,9 +145,9 @@ async def gather_status(state: NetworkState) -> list[StatusRow]:
 
     async def one(record: DaemonRecord) -> None:
         if record.program == "qnetd":
-            rows[record.name] = await _node_status(record)
+            rows[record.name] = await _node_status(record, state.client_tls(record.name))
         else:
-            rows[record.name] = await _channel_status(record)
+            rows[record.name] = await _channel_status(record, state.client_tls())
 
     async with trio.open_nursery() as nursery:
         for record in state.daemons():
@@ -205,7 +206,9 @@ async def gather_links(state: NetworkState) -> tuple[list[LinkRow], list[str]]:
     async def one(record: DaemonRecord) -> None:
         try:
             with trio.fail_after(RPC_TIMEOUT_S):
-                async with open_daemon_client(record.address) as client:
+                async with open_daemon_client(
+                    record.address, state.client_tls(record.name)
+                ) as client:
                     resp = await client.links()
         except (trio.TooSlowError, QnetError) as exc:
             failures.append(f"{record.name}: {exc or 'no answer'}")
@@ -271,7 +274,7 @@ async def gather_routes(state: NetworkState, node: str) -> pb.RoutesResponse:
     record = state.running_node(node)
     try:
         with trio.fail_after(RPC_TIMEOUT_S):
-            async with open_daemon_client(record.address) as client:
+            async with open_daemon_client(record.address, state.client_tls(node)) as client:
                 return await client.routes()
     except trio.TooSlowError:
         raise QnetError(f"{node} did not answer in {RPC_TIMEOUT_S:g} s") from None
@@ -395,8 +398,8 @@ async def run_circuit(
     try:
         with trio.fail_after(setup_s + timeout_s):
             async with (
-                open_daemon_client(near.address) as a,
-                open_daemon_client(far.address) as b,
+                open_daemon_client(near.address, state.client_tls(head)) as a,
+                open_daemon_client(far.address, state.client_tls(tail)) as b,
                 b.circuit_events(measure_on_delivery=on_delivery) as tail_events,
                 a.open_circuit(
                     tail, min_fidelity=min_fidelity, number=pairs, measure_on_delivery=on_delivery

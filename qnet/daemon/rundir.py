@@ -8,6 +8,8 @@ Layout of a run directory (``.qnet-run`` in the current directory by default, or
                       command line (``qnet restart`` starts a node again with it)
     lock              held (flock) while ``qnet up`` or ``qnet down`` changes the network
     logs/NAME.log     each daemon's stderr (``channeld.log``, ``qnetd-NODE.log``)
+    certs/            with TLS on and no [security] certs_dir: the network's credentials,
+                      made afresh by each ``qnet up`` (``qnet.security.certs``)
 
 The state file is written as soon as the first daemon has a PID (status ``starting``) and
 rewritten when the network is up, so an interrupted ``qnet up`` still leaves what ``qnet down``
@@ -23,10 +25,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qnet.daemon.procs import is_running
 from qnet.errors import FailedPrecondition, NotFound, Unreachable
+
+if TYPE_CHECKING:
+    from qnet.security.tls import ClientTLS
 
 STATE_VERSION = 1
 ENV_RUN_DIR = "QNET_RUN_DIR"
@@ -77,6 +82,19 @@ class NetworkState:
     launcher_pid: int = 0
     channel: DaemonRecord | None = None
     nodes: dict[str, DaemonRecord] = field(default_factory=dict)
+    #: The network's credentials when its daemons use mutual TLS, else "".
+    certs_dir: str = ""
+
+    def client_tls(self, node: str | None = None) -> ClientTLS | None:
+        """The application credential of a network with TLS on (None: plaintext); given
+        ``node``, it checks that the daemon it reaches holds that node's certificate."""
+        if not self.certs_dir:
+            return None
+        from qnet.security.identity import Identity
+        from qnet.security.tls import load_app_client
+
+        tls = load_app_client(Path(self.certs_dir))
+        return tls if node is None else tls.for_server(Identity.node(node))
 
     def running_node(self, name: str) -> DaemonRecord:
         """The record of node ``name``'s daemon: ``NotFound`` if the network has no such node,
@@ -118,6 +136,7 @@ class NetworkState:
             launcher_pid=int(data["launcher_pid"]),
             channel=DaemonRecord.from_json(channel) if channel is not None else None,
             nodes={str(k): DaemonRecord.from_json(v) for k, v in dict(data["nodes"]).items()},
+            certs_dir=str(data.get("certs_dir", "")),
         )
 
 

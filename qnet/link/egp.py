@@ -700,6 +700,14 @@ class EgpCore:
         return msg_id
 
     def _await_herald(self, seq: int, msg: PeerMessage, now: int) -> None:
+        # Each herald the peer has seen and we have not holds one of our memory qubits, so a
+        # sequence further ahead than our memory names no pair (and giving up on the heralds
+        # up to it would take unbounded work): the peer broke the protocol.
+        if seq > self.last_seq + self.config.local.memory_qubits:
+            raise ProtocolError(
+                f"EGP {type(msg).__name__} names herald {seq}, more than our"
+                f" {self.config.local.memory_qubits} memory qubits past our last, {self.last_seq}"
+            )
         self._waiting_seq.setdefault(seq, []).append(msg)
         self._herald_due.setdefault(seq, now + self._herald_grace_ns)
 

@@ -25,6 +25,10 @@ Hello, each batch's messages are decoded and handed to ``deliver`` in the trio t
 malformed batch or message is dropped and counted, and the stream goes on. A newer stream from
 the same neighbour replaces the older one.
 
+With TLS (``tls``, the node's credential): streams are dialed with the node's certificate and
+the neighbour's certificate must name it (``node.NAME.qnet``); a stream is accepted only when
+the caller's certificate names the node its Hello comes from (else PermissionDenied).
+
 All methods are called from the trio thread that runs ``run``.
 """
 
@@ -58,10 +62,11 @@ from qnet.runtime.grpc_bridge import (
     BidiStream,
     TrioGrpcBridge,
     close_channel,
-    insecure_channel,
     stream_stream,
 )
 from qnet.runtime.grpc_service import Malformed, RpcHandler, malformed_error, service_handler
+from qnet.security.identity import Identity, require_node
+from qnet.security.tls import Credentials, client_channel, identify
 from qnet.v1 import node_pb2
 from qnet.v1 import peer_pb2 as pb
 from qnet.v1 import peer_pb2_grpc as pb_grpc
@@ -172,6 +177,7 @@ class GrpcPeerTransport:
         *,
         max_queue: int = 10_000,
         max_batch: int = 1_000,
+        tls: Credentials | None = None,
     ) -> None:
         if not node:
             raise InvalidArgument("a node needs a name")
@@ -180,6 +186,9 @@ class GrpcPeerTransport:
         self.node = node
         self.max_queue = max_queue
         self.max_batch = max_batch
+        #: Mutual TLS: streams are dialed with the node's certificate (checking the
+        #: neighbour's), and a stream is accepted only from the node its certificate names.
+        self._tls = tls
         self._links: dict[str, _Link] = {}
         for peer, address in (peers or {}).items():
             self._check_peer(peer)
@@ -259,6 +268,7 @@ class GrpcPeerTransport:
             pb.DESCRIPTOR.services_by_name["Peer"],
             bridge,
             {"Exchange": self._exchange, "Health": self._health},
+            guard=None if self._tls is None else identify,
         )
 
     def set_peer_address(self, peer: str, address: str) -> None:
@@ -378,6 +388,8 @@ class GrpcPeerTransport:
             if isinstance(first, Malformed):
                 raise malformed_error(first)
             peer_wire.check_version(first)
+            if self._tls is not None:
+                require_node(first.sender, what=f"open a stream as node {first.sender!r}")
             link = self._links.get(first.sender)
             if link is None:
                 raise PermissionDenied(f"{first.sender!r} is not a neighbour", node=self.node)
@@ -477,7 +489,8 @@ class GrpcPeerTransport:
 
     async def _session(self, link: _Link, address: str) -> NoReturn:
         """One dial attempt; raises why it failed or why the stream ended."""
-        channel = insecure_channel(address)
+        tls = None if self._tls is None else self._tls.client(Identity.node(link.name))
+        channel = client_channel(address, tls)
         try:
             link.sequence += 1
             where = f"{link.name} at {address}"

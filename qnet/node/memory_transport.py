@@ -4,6 +4,10 @@ Each directed link is a delay line: what a node sends in one go travels as one b
 delivered ``length / c`` of physical time later, in order. Optional loss and duplication
 (seeded) exercise the protocols' recovery in tests.
 
+Each node's light in flight, over all its links, waits in one heap drained by one task, which
+sleeps until the earliest arrival: sending moves that wake-up earlier when needed (a cancel
+scope's deadline can be changed from outside), so a batch costs one task step, on arrival.
+
 A node is reachable while its transport runs. When it stops (``qnet.sim`` stops a node), what
 it had in flight is lost, messages arriving for it are dropped, and its neighbours' transports
 report the link down at once (as a daemon's neighbours see its streams break), unless the stop
@@ -12,8 +16,11 @@ is silent; when it runs again they report the link up.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,10 +34,12 @@ from qnet.topology import Topology
 
 
 @dataclass
-class _Line:
-    delay_s: float
-    queue: deque[tuple[float, list[WireMessage]]] = field(default_factory=deque)
-    wake: trio.Event = field(default_factory=trio.Event)
+class _Outbox:
+    """One node's light in flight: (arrival, order sent, destination, batch), earliest first."""
+
+    heap: list[tuple[float, int, str, list[WireMessage]]] = field(default_factory=list)
+    #: The delivery task's sleep while it runs (its deadline is the earliest arrival).
+    sleep: trio.CancelScope | None = None
 
 
 class MemoryNetwork:
@@ -49,7 +58,10 @@ class MemoryNetwork:
         self.loss = loss
         self.duplicate = duplicate
         self.rng = random.Random(seed)
-        self._lines: dict[tuple[str, str], _Line] = {}
+        #: Light delay in trio seconds of each direction of each link.
+        self._lines: dict[tuple[str, str], float] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._order = itertools.count()
         self._deliver: dict[str, Deliver] = {}
         self._link_changed: dict[str, LinkChanged] = {}
         self._neighbours: dict[str, list[str]] = {}
@@ -61,8 +73,8 @@ class MemoryNetwork:
         self.by_layer: Counter[Layer] = Counter()
         for link in topology.links:
             delay = clock.trio_duration(fibre_delay_ns(link.params.length_km))
-            self._lines[(link.a, link.b)] = _Line(delay)
-            self._lines[(link.b, link.a)] = _Line(delay)
+            self._lines[(link.a, link.b)] = delay
+            self._lines[(link.b, link.a)] = delay
             self._neighbours.setdefault(link.a, []).append(link.b)
             self._neighbours.setdefault(link.b, []).append(link.a)
 
@@ -83,8 +95,7 @@ class MemoryNetwork:
     def _detach(self, node: str) -> None:
         self._deliver.pop(node, None)
         self._link_changed.pop(node, None)
-        for peer in self._neighbours.get(node, ()):
-            self._lines[(node, peer)].queue.clear()  # its light in flight is lost with it
+        self._outbox(node).heap.clear()  # its light in flight is lost with it
         if node in self._silent:
             self._silent.discard(node)
         else:
@@ -101,32 +112,45 @@ class MemoryNetwork:
                 if peer in self._deliver:
                     changed(peer, True)
 
+    def _outbox(self, node: str) -> _Outbox:
+        box = self._outboxes.get(node)
+        if box is None:
+            box = self._outboxes[node] = _Outbox()
+        return box
+
     def _send(self, src: str, dst: str, messages: Sequence[WireMessage]) -> None:
-        line = self._lines.get((src, dst))
-        if line is None:
+        delay = self._lines.get((src, dst))
+        if delay is None:
             return  # no such link: like light into an unconnected fibre
         kept = [m for m in messages if not (self.loss and self.rng.random() < self.loss)]
         if self.duplicate:
             kept += [m for m in kept if self.rng.random() < self.duplicate]
         if kept:
-            line.queue.append((trio.current_time() + line.delay_s, kept))
-            line.wake.set()
+            box = self._outbox(src)
+            due = trio.current_time() + delay
+            heapq.heappush(box.heap, (due, next(self._order), dst, kept))
+            if box.sleep is not None and due < box.sleep.deadline:
+                box.sleep.deadline = due
 
-    async def _run_line(self, src: str, dst: str, line: _Line) -> None:
-        while True:
-            if not line.queue:
-                line.wake = trio.Event()
-                await line.wake.wait()
-                continue
-            due, batch = line.queue[0]
-            await trio.sleep_until(due)
-            line.queue.popleft()
-            deliver = self._deliver.get(dst)
-            if deliver is not None:
-                self.batches += 1
-                self.messages += len(batch)
-                self.by_layer.update(layer_of(m) for m in batch)
-                deliver(src, batch)
+    async def _run_outbox(self, src: str) -> None:
+        box = self._outbox(src)
+        heap = box.heap
+        try:
+            while True:
+                with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as box.sleep:
+                    await trio.sleep_forever()
+                box.sleep = None
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, _, dst, batch = heapq.heappop(heap)
+                    deliver = self._deliver.get(dst)
+                    if deliver is not None:
+                        self.batches += 1
+                        self.messages += len(batch)
+                        self.by_layer.update(layer_of(m) for m in batch)
+                        deliver(src, batch)
+        finally:
+            box.sleep = None
 
 
 class MemoryTransport:
@@ -146,9 +170,7 @@ class MemoryTransport:
         net = self.network
         try:
             async with trio.open_nursery() as nursery:
-                for (src, dst), line in net._lines.items():
-                    if src == self.node:
-                        nursery.start_soon(net._run_line, src, dst, line)
+                nursery.start_soon(net._run_outbox, self.node)
                 net._attach(self.node, deliver, link_changed)
                 task_status.started()
                 await trio.sleep_forever()

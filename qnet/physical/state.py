@@ -51,9 +51,47 @@ def _split(rho: Matrix, pos: int, n: int) -> Matrix:
     return rho.reshape(left, 2, right, left, 2, right)
 
 
+#: Groups of up to this many qubits take a gate as one full-size operator (two matmuls of at
+#: most 32×32), built once per (gate, positions, size) and kept: numpy's per-call overhead, not
+#: arithmetic, is what small groups cost, and they are nearly all groups (pairs, and the four
+#: qubits of a swap). Larger groups act on the target axes only.
+SMALL_GROUP_QUBITS = 5
+_EMBEDDED_LIMIT = 512
+_embedded_cache: dict[tuple[bytes, tuple[int, ...], int], tuple[Matrix, Matrix]] = {}
+
+
+def kron(a: Matrix, b: Matrix) -> Matrix:
+    """``np.kron`` of two matrices (the same products), without its generic machinery."""
+    (ra, ca), (rb, cb) = a.shape, b.shape
+    out: Matrix = (a[:, None, :, None] * b[None, :, None, :]).reshape(ra * rb, ca * cb)
+    return out
+
+
+def _embedded(op: Matrix, positions: tuple[int, ...], n: int) -> tuple[Matrix, Matrix]:
+    """(U, U†) of the k-qubit ``op`` on tensor axes ``positions`` as an n-qubit operator."""
+    key = (op.tobytes(), positions, n)
+    found = _embedded_cache.get(key)
+    if found is not None:
+        return found
+    k = len(positions)
+    full = kron(op, np.eye(1 << (n - k), dtype=np.complex128))
+    # Axis j of ``full`` holds tensor axis order[j]: the op's axes first, then the rest.
+    order = list(positions) + [p for p in range(n) if p not in positions]
+    u = np.ascontiguousarray(_permute_operator(full, [order.index(j) for j in range(n)]))
+    pair = (u, np.ascontiguousarray(u.conj().T))
+    if len(_embedded_cache) < _EMBEDDED_LIMIT:  # rotations by arbitrary angles: not kept
+        _embedded_cache[key] = pair
+    return pair
+
+
 def conjugate(rho: Matrix, op: Matrix, positions: Sequence[int], n: int) -> Matrix:
-    """ρ → UρU† for the k-qubit unitary ``op`` on tensor axes ``positions`` of an n-qubit ρ,
-    acting on those axes only (no full-size Kronecker product)."""
+    """ρ → UρU† for the k-qubit unitary ``op`` on tensor axes ``positions`` of an n-qubit ρ:
+    for a small group as one cached full-size operator, otherwise acting on the target axes
+    only (no full-size Kronecker product)."""
+    if n <= SMALL_GROUP_QUBITS:
+        u, u_dag = _embedded(op, tuple(positions), n)
+        small: Matrix = u @ rho @ u_dag
+        return small
     positions = list(positions)
     k = len(positions)
     if k == n:
@@ -173,7 +211,7 @@ class StateEngine:
         rho = groups[0].rho
         members = list(groups[0].qubits)
         for g in groups[1:]:
-            rho = np.kron(rho, g.rho).astype(np.complex128, copy=False)
+            rho = kron(rho, g.rho)
             members.extend(g.qubits)
         merged = QubitGroup(members, rho)
         for q in members:
@@ -227,24 +265,24 @@ class StateEngine:
     ) -> None:
         """Amplitude damping γ, then off-diagonals × ``coherence``, then depolarising p.
 
-        Applied as one superoperator s[k, l, i, j] (ρ_ij → ρ'_kl) in the closed form of the
-        composed Kraus sums: the |1⟩ block keeps (1−p)(1−γ) + p/2 of itself and gains p/2 of
-        the |0⟩ block, the |0⟩ block takes the rest (trace preserved), and coherences shrink by
-        √(1−γ)·coherence·(1−p). One einsum is the fastest form for the small groups of the hot
-        path (lazy memory noise on every touch).
+        Applied in the closed form of the composed Kraus sums: the |1⟩ block keeps
+        (1−p)(1−γ) + p/2 of itself and gains p/2 of the |0⟩ block, the |0⟩ block takes the
+        rest (trace preserved), and coherences shrink by √(1−γ)·coherence·(1−p). Written as a
+        few whole-block numpy operations on the (L, 2, R, L, 2, R) view of the group: the
+        fastest form for the small groups of the hot path (lazy memory noise on every touch).
         """
         group = self.group_of(qubit)
         n = group.size
-        sup = np.zeros((2, 2, 2, 2))
         keep1 = (1 - depolar) * (1 - damping) + 0.5 * depolar
-        sup[0, 0, 0, 0] = 1 - 0.5 * depolar
-        sup[0, 0, 1, 1] = 1 - keep1
-        sup[1, 1, 0, 0] = 0.5 * depolar
-        sup[1, 1, 1, 1] = keep1
-        sup[0, 1, 0, 1] = sup[1, 0, 1, 0] = coherence * math.sqrt(1 - damping) * (1 - depolar)
+        shrink = coherence * math.sqrt(1 - damping) * (1 - depolar)
         v = _split(group.rho, group.qubits.index(qubit), n)
+        v00 = v[:, 0, :, :, 0, :]
+        v11 = v[:, 1, :, :, 1, :]
+        out = v * shrink  # the coherences; the populations are written over below
+        out[:, 0, :, :, 0, :] = (1 - 0.5 * depolar) * v00 + (1 - keep1) * v11
+        out[:, 1, :, :, 1, :] = (0.5 * depolar) * v00 + keep1 * v11
         d = 1 << n
-        group.rho = np.einsum("klij,aibcjd->akbcld", sup, v).reshape(d, d)
+        group.rho = out.reshape(d, d)
 
     def depolarize(self, qubits: Sequence[int], p: float) -> None:
         """k-qubit depolarising channel: ρ → (1−p)ρ + p·(I/2^k ⊗ Tr_qubits ρ)."""
@@ -264,6 +302,12 @@ class StateEngine:
         wanted = list(qubits)
         if len(set(wanted)) != len(wanted):
             raise InvalidArgument(f"qubits must be distinct, got {wanted}")
+        group = self.group_of(wanted[0])
+        if group.size == len(wanted) and all(self._group.get(q) is group for q in wanted):
+            # Exactly one whole group (a pair, typically): no trace to take.
+            if group.qubits == wanted:
+                return group.rho.copy()
+            return _permute_operator(group.rho, [group.qubits.index(q) for q in wanted])
         rho: Matrix = np.ones((1, 1), dtype=np.complex128)
         order: list[int] = []
         seen: list[QubitGroup] = []
@@ -273,7 +317,7 @@ class StateEngine:
                 continue
             seen.append(g)
             part, kept = self._trace_to(g, set(wanted))
-            rho = np.kron(rho, part).astype(np.complex128, copy=False)
+            rho = kron(rho, part)
             order.extend(kept)
         perm = [order.index(q) for q in wanted]
         if perm != list(range(len(perm))):

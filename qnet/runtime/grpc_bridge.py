@@ -36,6 +36,7 @@ __all__ = [
     "close_channel",
     "error_type_name",
     "insecure_channel",
+    "secure_channel",
     "serve",
     "server_stream",
     "stream_stream",
@@ -456,9 +457,11 @@ async def serve(
     max_message_bytes: int | None = None,
     grace: float = 1.0,
     options: ChannelOptions = (),
+    credentials: grpc.ServerCredentials | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a gRPC server until cancelled; ``task_status.started`` gets the bound port.
+    With ``credentials`` it serves TLS (``qnet.security.tls``), else plaintext.
 
     Every open RPC holds one of `max_workers` threads, long-lived streams included. On
     cancellation the server stops with `grace` seconds for open RPCs, which are then cancelled,
@@ -472,7 +475,10 @@ async def serve(
     try:
         register(server)
         try:
-            bound = server.add_insecure_port(address)
+            if credentials is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise GrpcBindError(address) from exc
         if bound == 0:  # older grpcio reports failure this way
@@ -498,18 +504,34 @@ def insecure_channel(
     address: str, *, max_message_bytes: int | None = None, options: ChannelOptions = ()
 ) -> grpc.Channel:
     """A plaintext channel that ignores proxy settings and detects dead peers by keepalive."""
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.enable_http_proxy", 0),  # loopback and cluster traffic must not go via a proxy
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            *_size_options(max_message_bytes),
-            *options,
-        ],
+    return grpc.insecure_channel(address, options=_client_options(max_message_bytes, options))
+
+
+def secure_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials,
+    *,
+    max_message_bytes: int | None = None,
+    options: ChannelOptions = (),
+) -> grpc.Channel:
+    """`insecure_channel` over TLS with ``credentials`` (``qnet.security.tls`` makes them)."""
+    return grpc.secure_channel(
+        address, credentials, options=_client_options(max_message_bytes, options)
     )
+
+
+def _client_options(
+    max_message_bytes: int | None, options: ChannelOptions
+) -> list[tuple[str, int | str]]:
+    return [
+        ("grpc.enable_http_proxy", 0),  # loopback and cluster traffic must not go via a proxy
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        *_size_options(max_message_bytes),
+        *options,
+    ]
 
 
 async def close_channel(channel: grpc.Channel) -> None:

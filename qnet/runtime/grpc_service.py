@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -29,6 +29,9 @@ StreamHandler = Callable[[Any], AsyncIterator[Message]]
 BidiHandler = Callable[[AsyncIterator[Any]], AsyncIterator[Message]]
 # grpc-stubs makes these generic; grpcio at run time does not, hence the string alias.
 RpcHandler: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
+#: Called with the RPC's context in the trio task that serves it, before the handler; raising
+#: (a typed ``qnet.errors`` error) refuses the RPC. ``qnet.security.tls`` makes the guards.
+Guard = Callable[[grpc.ServicerContext], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +69,13 @@ def service_handler(
     service: ServiceDescriptor,
     bridge: TrioGrpcBridge,
     handlers: Mapping[str, UnaryHandler | StreamHandler | BidiHandler],
+    *,
+    guard: Guard | None = None,
 ) -> RpcHandler:
     """A generic handler serving every method of ``service`` (unary, server-streaming or
     bidirectional) with the async function of the same name in ``handlers``; a missing one,
-    or a client-streaming method with a single response, is a startup error."""
+    or a client-streaming method with a single response, is a startup error. ``guard``, if
+    given, checks every RPC first (without one, nothing is added to a call)."""
     missing = {m.name for m in service.methods} - set(handlers)
     if missing:
         raise ValueError(f"{service.full_name}: no handler for {sorted(missing)}")
@@ -81,19 +87,19 @@ def service_handler(
         fn = handlers[method.name]
         if method.client_streaming:
             methods[method.name] = grpc.stream_stream_rpc_method_handler(
-                bridge.stream_stream(_bidi(fn)),
+                bridge.stream_stream(_guarded(_bidi(fn), guard, deferred=True)),
                 request_deserializer=parse,
                 response_serializer=_serialize,
             )
         elif method.server_streaming:
             methods[method.name] = grpc.unary_stream_rpc_method_handler(
-                bridge.unary_stream(_stream(fn)),
+                bridge.unary_stream(_guarded(_stream(fn), guard)),
                 request_deserializer=parse,
                 response_serializer=_serialize,
             )
         else:
             methods[method.name] = grpc.unary_unary_rpc_method_handler(
-                bridge.unary_unary(_unary(fn)),
+                bridge.unary_unary(_guarded(_unary(fn), guard)),
                 request_deserializer=parse,
                 response_serializer=_serialize,
             )
@@ -127,3 +133,33 @@ def _bidi(fn: Any) -> Callable[[AsyncIterator[Any], grpc.ServicerContext], Async
         return responses
 
     return handle
+
+
+_Behaviour = TypeVar("_Behaviour", bound=Callable[..., Any])
+
+
+def _guarded(handle: _Behaviour, guard: Guard | None, *, deferred: bool = False) -> _Behaviour:
+    """``handle`` with ``guard`` run first; ``handle`` itself when there is no guard. The guard
+    runs in the trio task that then runs the handler, so what it sets in a context variable
+    (the caller's identity) is the handler's to read and nobody else's. ``deferred`` (for
+    bidirectional streams): a refusal is raised by the response stream, so that the bridge
+    still gets to release the request stream it has started."""
+    if guard is None:
+        return handle
+
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        if deferred:
+            try:
+                guard(context)
+            except Exception as exc:
+                return _refused(exc)
+        else:
+            guard(context)
+        return handle(request, context)
+
+    return cast(_Behaviour, guarded)
+
+
+async def _refused(exc: Exception) -> AsyncIterator[Message]:
+    raise exc
+    yield  # an async generator that fails on its first step

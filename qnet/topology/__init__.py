@@ -10,6 +10,8 @@ Format (DESIGN.md §8)::
     [channel]          host, port of qnet-channeld
     [routing]          hello_interval_ms, dead_interval_ms, retransmit_interval_ms (daemon
                        wall-clock ms), fidelity_threshold
+    [security]         tls = "auto" | "on" | "off" (auto: on when an address is off
+                       loopback), certs_dir (the network's credentials, from `qnet certs`)
 
 Every field has a default and a range check. A refused file raises ``TopologyError`` naming the
 file, the line and the field. ``model`` holds the dataclasses, ``schema`` the fields each table
@@ -23,6 +25,7 @@ from qnet.topology.model import (
     LinkSpec,
     NodeSpec,
     RoutingSpec,
+    SecuritySpec,
     Topology,
     TopologyError,
 )
@@ -36,6 +39,7 @@ __all__ = [
     "LinkSpec",
     "NodeSpec",
     "RoutingSpec",
+    "SecuritySpec",
     "Topology",
     "TopologyError",
     "load_topology",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from collections.abc import Collection, Iterator
@@ -123,6 +124,31 @@ def check_fidelity_threshold(value: object) -> None:
         raise InvalidArgument(f"fidelity_threshold must be in [0, 1], got {value!r}")
 
 
+TLS_MODES = ("auto", "on", "off")
+
+
+def check_tls_mode(value: object) -> None:
+    if value not in TLS_MODES:
+        raise InvalidArgument(
+            f"tls must be one of {', '.join(map(repr, TLS_MODES))}, got {value!r}"
+        )
+
+
+def check_certs_dir(value: object) -> None:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise InvalidArgument(f"certs_dir must be a directory path, got {value!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # -- the topology -----------------------------------------------------------------------------
 
 
@@ -166,6 +192,22 @@ class RoutingSpec:
                 f"dead_interval_ms ({self.dead_interval_ms:g}) must exceed hello_interval_ms"
                 f" ({self.hello_interval_ms:g})"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySpec:
+    """The ``[security]`` table. ``tls``: "on" (mutual TLS everywhere), "off" (plaintext), or
+    "auto" (on when any daemon's address is off loopback). ``certs_dir``: the network's
+    credentials (``qnet certs``), relative to the topology file; "" lets ``qnet up`` make
+    them in the run directory."""
+
+    tls: str = "auto"
+    certs_dir: str = ""
+
+    def __post_init__(self) -> None:
+        check_tls_mode(self.tls)
+        if self.certs_dir:
+            check_certs_dir(self.certs_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +321,7 @@ class Topology:
     links: tuple[LinkSpec, ...] = ()
     channel: EndpointSpec = field(default_factory=EndpointSpec)
     routing: RoutingSpec = field(default_factory=RoutingSpec)
+    security: SecuritySpec = field(default_factory=SecuritySpec)
     source: Path | None = field(default=None, compare=False)
     _nodes_by_name: dict[str, NodeSpec] = field(init=False, repr=False, compare=False)
     _links_by_node: dict[str, tuple[LinkSpec, ...]] = field(init=False, repr=False, compare=False)
@@ -293,6 +336,8 @@ class Topology:
         check_max_group_qubits(self.max_group_qubits)
         if not isinstance(self.routing, RoutingSpec):
             raise InvalidArgument("routing must be a RoutingSpec")
+        if not isinstance(self.security, SecuritySpec):
+            raise InvalidArgument("security must be a SecuritySpec")
         for problem in structure_problems(self.nodes, self.links, self.channel):
             raise InvalidArgument(problem.message)
         by_node: dict[str, list[LinkSpec]] = {n.name: [] for n in self.nodes}
@@ -301,6 +346,23 @@ class Topology:
             by_node[link.b].append(link)
         object.__setattr__(self, "_nodes_by_name", {n.name: n for n in self.nodes})
         object.__setattr__(self, "_links_by_node", {k: tuple(v) for k, v in by_node.items()})
+
+    @property
+    def tls(self) -> bool:
+        """Whether the daemons use mutual TLS ([security] tls, "auto" resolved)."""
+        if self.security.tls == "auto":
+            hosts = [self.channel.host, *(n.host for n in self.nodes)]
+            return not all(is_loopback(h) for h in hosts)
+        return self.security.tls == "on"
+
+    def certs_path(self) -> Path | None:
+        """[security] certs_dir, relative to the topology file; None if not given."""
+        if not self.security.certs_dir:
+            return None
+        path = Path(self.security.certs_dir).expanduser()
+        if not path.is_absolute() and self.source is not None:
+            path = self.source.parent / path
+        return path
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -319,6 +381,24 @@ class Topology:
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         return tuple(link.other(name) for link in self.links_of(name))
+
+    def components(self) -> list[list[str]]:
+        """The connected parts of the graph, each in node order, the first node's part first.
+        One part means every node can reach every other."""
+        parts: list[list[str]] = []
+        seen: set[str] = set()
+        for start in self.node_names:
+            if start in seen:
+                continue
+            part, todo = {start}, [start]
+            while todo:
+                for peer in self.neighbours(todo.pop()):
+                    if peer not in part:
+                        part.add(peer)
+                        todo.append(peer)
+            seen |= part
+            parts.append([n for n in self.node_names if n in part])
+        return parts
 
     def link(self, a: str, b: str) -> LinkSpec:
         wanted = link_id(a, b)

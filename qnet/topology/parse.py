@@ -23,6 +23,7 @@ from qnet.topology.model import (
     LinkSpec,
     NodeSpec,
     RoutingSpec,
+    SecuritySpec,
     Topology,
     TopologyError,
     hint,
@@ -37,6 +38,7 @@ from qnet.topology.schema import (
     NODE_FIELDS,
     NODE_PARAM_FIELDS,
     ROUTING_FIELDS,
+    SECURITY_FIELDS,
     TOP_TABLES,
     Field,
     accept,
@@ -164,6 +166,13 @@ class _Parser:
             routing_path,
             "[routing]",
         )
+        security = self.values(
+            self.table(doc, "security", ("security",)),
+            ("security",),
+            "[security]",
+            "[security]",
+            SECURITY_FIELDS,
+        )
         defaults = self.table(doc, "defaults", ("defaults",))
         for key in defaults:
             self.unknown(("defaults",), key, "[defaults]", ["node", "link"])
@@ -199,6 +208,7 @@ class _Parser:
                 links=tuple(links),
                 channel=channel,
                 routing=routing,
+                security=SecuritySpec(**security),  # type: ignore[arg-type]  # checked
                 source=source,
             )
         except InvalidArgument as e:  # only a check added to Topology but not to the parser

@@ -9,6 +9,7 @@ from typing import Any
 from qnet.errors import InvalidArgument
 from qnet.physical.params import LinkParams, NodeParams, Scheme
 from qnet.topology.model import (
+    check_certs_dir,
     check_dead_interval_ms,
     check_fidelity_threshold,
     check_hello_interval_ms,
@@ -20,6 +21,7 @@ from qnet.topology.model import (
     check_retransmit_interval_ms,
     check_seed,
     check_time_scale,
+    check_tls_mode,
 )
 
 
@@ -66,10 +68,14 @@ ROUTING_FIELDS = {
     "retransmit_interval_ms": Field("float", check_retransmit_interval_ms),
     "fidelity_threshold": Field("float", check_fidelity_threshold),
 }
+SECURITY_FIELDS = {
+    "tls": Field("str", check_tls_mode),
+    "certs_dir": Field("str", check_certs_dir),
+}
 NODE_DEFAULT_FIELDS = {**NODE_PARAM_FIELDS, **ENDPOINT_FIELDS}
 NODE_FIELDS = {"name": Field("str", check_node_name_value), **NODE_DEFAULT_FIELDS}
 LINK_FIELDS = ["between", *LINK_PARAM_FIELDS]
-TOP_TABLES = ["network", "defaults", "node", "link", "channel", "routing"]
+TOP_TABLES = ["network", "defaults", "node", "link", "channel", "routing", "security"]
 
 
 def describe(value: object) -> str:

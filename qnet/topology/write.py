@@ -12,6 +12,7 @@ from qnet.topology.model import (
     EndpointSpec,
     NodeSpec,
     RoutingSpec,
+    SecuritySpec,
     Topology,
 )
 
@@ -81,6 +82,9 @@ def topology_to_toml(top: Topology) -> str:
     routing = {k: v for k, v in _as_dict(top.routing).items() if v != library_routing[k]}
     if routing:
         lines += ["", "[routing]", *_assignments(routing)]
+    security = {k: v for k, v in _as_dict(top.security).items() if v != _as_dict(SecuritySpec())[k]}
+    if security:
+        lines += ["", "[security]", *_assignments(security)]
     library_node = {**_as_dict(NodeParams()), **_as_dict(EndpointSpec())}
     node_common, node_own = _factor([_node_dict(n) for n in top.nodes], library_node)
     link_common, link_own = _factor(

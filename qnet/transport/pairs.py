@@ -52,6 +52,11 @@ from qnet.transport.events import (
 )
 
 
+import collections
+
+_DBG: collections.Counter[str] = collections.Counter()
+
+
 @dataclass(frozen=True, slots=True)
 class HeldPair:
     index: int
@@ -212,6 +217,15 @@ class PairStream:
             self._free((pair.qubit,))
             return
         use = self._choose()
+        _DBG[use.name] += 1
+        if sum(_DBG.values()) % 100 == 0:
+            import logging
+
+            logging.getLogger("qnet.transport").warning(
+                "DBG uses %s held=%d eprq=%d wanted=%d peerlim=%d assigned=%d",
+                dict(_DBG), len(self.held), len(self.epr_queue), self.epr_wanted,
+                self.peer_epr_limit, self.epr_assigned,
+            )
         if not self.uses_out:
             self.uses_first = pair.index
         self.uses_out.append(use.value)

@@ -1264,6 +1264,26 @@ Global___HealthRequest: _TypeAlias = HealthRequest  # noqa: Y015
 class HealthResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class QubitsByNodeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
     NOW_NS_FIELD_NUMBER: _builtins.int
@@ -1273,6 +1293,7 @@ class HealthResponse(_message.Message):
     QUBITS_IN_USE_FIELD_NUMBER: _builtins.int
     UPTIME_S_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    QUBITS_BY_NODE_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     serving: _builtins.bool
     now_ns: _builtins.int
@@ -1283,6 +1304,10 @@ class HealthResponse(_message.Message):
     qubits_in_use: _builtins.int
     uptime_s: _builtins.float
     pid: _builtins.int
+    @_builtins.property
+    def qubits_by_node(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Qubits allocated now to each registered node (the sum is qubits_in_use)."""
+
     def __init__(
         self,
         *,
@@ -1295,10 +1320,11 @@ class HealthResponse(_message.Message):
         qubits_in_use: _builtins.int = ...,
         uptime_s: _builtins.float = ...,
         pid: _builtins.int = ...,
+        qubits_by_node: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "nodes", b"nodes", "now_ns", b"now_ns", "pid", b"pid", "protocol_version", b"protocol_version", "qubits_in_use", b"qubits_in_use", "serving", b"serving", "time_scale", b"time_scale", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "nodes", b"nodes", "now_ns", b"now_ns", "pid", b"pid", "protocol_version", b"protocol_version", "qubits_by_node", b"qubits_by_node", "qubits_in_use", b"qubits_in_use", "serving", b"serving", "time_scale", b"time_scale", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

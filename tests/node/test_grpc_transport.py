@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import grpc
 import pytest
@@ -107,7 +108,7 @@ class Daemon:
 
 @asynccontextmanager
 async def network(
-    links: Sequence[tuple[str, str]], **options: int
+    links: Sequence[tuple[str, str]], **options: Any
 ) -> AsyncGenerator[dict[str, Daemon], None]:
     """Daemons for the nodes of ``links``, started with unknown addresses, then told them."""
     names = sorted({n for link in links for n in link})

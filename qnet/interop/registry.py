@@ -1,0 +1,165 @@
+"""Cases and their outcomes: every case has an id, the spec section it checks and a function.
+
+A case function takes a ``Context`` and returns a short detail line when the daemons conform.
+It raises ``Failed`` (the daemons broke the contract) or ``Unsupported`` (the targets cannot
+run this case, e.g. no spec-peer slot); any other exception is reported as a failure with its
+text. Every call a case makes is bounded by ``Context.remaining()``.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from qnet.interop.targets import Slot, Targets
+from qnet.interop.wire import VERSION, open_channel
+from qnet.v1 import channel_pb2_grpc as cgrpc
+from qnet.v1 import node_pb2 as npb
+from qnet.v1 import node_pb2_grpc as ngrpc
+
+
+class Result(enum.Enum):
+    PASS = "P"
+    FAIL = "F"
+    UNSUPPORTED = "U"
+
+
+class Failed(Exception):
+    """The daemon's answer breaks the contract."""
+
+
+class Unsupported(Exception):
+    """The targets cannot run this case."""
+
+
+def check(condition: object, message: str) -> None:
+    if not condition:
+        raise Failed(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    id: str
+    section: str
+    title: str
+    run: Callable[[Context], str]
+    #: Seconds the case may take by default (the runner's --timeout caps or replaces it).
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    case: Case
+    result: Result
+    detail: str
+    elapsed_s: float
+
+
+_CASES: dict[str, Case] = {}
+
+
+def case(
+    case_id: str, section: str, title: str, *, timeout_s: float = 30.0
+) -> Callable[[Callable[[Context], str]], Callable[[Context], str]]:
+    """Register a case function under ``case_id``."""
+
+    def register(fn: Callable[[Context], str]) -> Callable[[Context], str]:
+        if case_id in _CASES:
+            raise ValueError(f"case {case_id!r} registered twice")
+        _CASES[case_id] = Case(case_id, section, title, fn, timeout_s)
+        return fn
+
+    return register
+
+
+def all_cases() -> list[Case]:
+    """Every case, in registration order (importing the case modules registers them)."""
+    from qnet.interop import (  # noqa: F401
+        cases_app,
+        cases_link,
+        cases_network,
+        cases_peer,
+        cases_routing,
+    )
+
+    return list(_CASES.values())
+
+
+@dataclass
+class Context:
+    """What a case works with: the targets, its deadline and cached gRPC channels."""
+
+    targets: Targets
+    deadline: float
+    #: Extra tolerance on measured error rates for noise a daemon's estimate does not cover.
+    allowance: float = 0.02
+    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remaining(self, cap: float | None = None) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Failed("the case ran out of time")
+        return left if cap is None else min(left, cap)
+
+    def address(self, node: str) -> str:
+        try:
+            return self.targets.daemons[node]
+        except KeyError:
+            raise Unsupported(f"no daemon of node {node!r} among the targets") from None
+
+    def channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = open_channel(address)
+            return self._channels[address]
+
+    def admin(self, node: str) -> ngrpc.NodeAdminStub:
+        return ngrpc.NodeAdminStub(self.channel(self.address(node)))
+
+    def link(self, node: str) -> ngrpc.LinkLayerStub:
+        return ngrpc.LinkLayerStub(self.channel(self.address(node)))
+
+    def network(self, node: str) -> ngrpc.NetworkLayerStub:
+        return ngrpc.NetworkLayerStub(self.channel(self.address(node)))
+
+    def app(self, node: str) -> ngrpc.ApplicationStub:
+        return ngrpc.ApplicationStub(self.channel(self.address(node)))
+
+    def backend(self) -> cgrpc.ChannelStub:
+        if not self.targets.channel:
+            raise Unsupported("the channel backend's address is unknown")
+        return cgrpc.ChannelStub(self.channel(self.targets.channel))
+
+    def slot(self, *, master: bool | None = None) -> Slot:
+        slot = self.targets.slot(master=master)
+        if slot is None:
+            role = {None: "", True: " that is its link's master", False: " that is a slave"}
+            raise Unsupported(
+                f"no spec-peer slot{role[master]} (a declared neighbour no daemon serves)"
+            )
+        return slot
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+
+def link_pair(ctx: Context) -> tuple[str, str]:
+    """Two target daemons joined by a link (master first), for the link-layer cases."""
+    for name in sorted(ctx.targets.daemons):
+        status = ctx.admin(name).Status(
+            npb.StatusRequest(protocol_version=VERSION), timeout=ctx.remaining(10)
+        )
+        for neighbour in status.neighbours:
+            if neighbour.peer in ctx.targets.daemons and neighbour.connected:
+                a, b = sorted((name, neighbour.peer))
+                return a, b
+    raise Unsupported("no two target daemons share a link")
