@@ -42,7 +42,9 @@ def rpc_error_to_qnet(error: grpc.RpcError, *, where: str) -> QnetError:
 class LinkTheory:
     """The backend's prediction for a link (rate, fidelity) as the daemon reported it."""
 
-    def __init__(self, msg: pb.LinkTheory) -> None:
+    def __init__(self, msg: pb.LinkTheory, last_sequence: int = 0) -> None:
+        #: The link's last herald sequence when it was declared (heralds number on from it).
+        self.last_sequence = last_sequence
         self.success_probability = msg.success_probability
         self.cycle_ns = msg.cycle_ns
         self.rate_hz = msg.rate_hz
@@ -143,7 +145,7 @@ class NodeSession:
             ),
             error_mapper=self._map,
         )
-        return LinkTheory(resp.theory)
+        return LinkTheory(resp.theory, resp.last_sequence)
 
     async def allocate(self, count: int = 1) -> list[int]:
         resp = await unary_call(

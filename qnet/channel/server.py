@@ -186,7 +186,9 @@ class ChannelServer:
         model = self.core.declare_link(node, req.peer, params, self._now())
         self._after_request()
         return pb.DeclareLinkResponse(
-            protocol_version=PROTOCOL_VERSION, theory=wire.theory_to_wire(model)
+            protocol_version=PROTOCOL_VERSION,
+            theory=wire.theory_to_wire(model),
+            last_sequence=self.core.link_sequence(node, req.peer),
         )
 
     async def allocate(self, req: pb.AllocateRequest) -> pb.AllocateResponse:

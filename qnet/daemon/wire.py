@@ -51,6 +51,7 @@ ERROR_CODE_TO_WIRE: dict[ErrorCode, pb.LinkErrorCode.ValueType] = {
     ErrorCode.NO_MEMORY: pb.LINK_ERROR_CODE_NO_MEMORY,
     ErrorCode.DENIED: pb.LINK_ERROR_CODE_DENIED,
     ErrorCode.CANCELLED: pb.LINK_ERROR_CODE_CANCELLED,
+    ErrorCode.UNREACHABLE: pb.LINK_ERROR_CODE_UNREACHABLE,
 }
 
 

@@ -60,7 +60,7 @@ from qnet.link.events import (
 )
 from qnet.link.purify import Round
 from qnet.link.reliable import Deduplicator, ReliableSender, SmoothedDelay
-from qnet.link.requests import ReqInput, ReqState, Request, RequestKey
+from qnet.link.requests import Finish, ReqInput, ReqState, Request, RequestKey
 from qnet.physical.gates import Basis, Matrix
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.physical.params import LinkParams, NodeParams
@@ -183,6 +183,7 @@ class EgpCore:
         self._arm_blocked_until = -1
         self._next_tag = 1
         self._pending: dict[int, tuple[Any, ...]] = {}
+        self._abandoned: set[int] = set()
         self._add_ids: dict[int, RequestKey] = {}
         self.purifying: dict[int, Round] = {}
         self._early: dict[RequestKey, list[PeerMessage]] = {}
@@ -340,6 +341,60 @@ class EgpCore:
         upper = 0 if self._upper_held is None else self._upper_held + self._unreported
         return held + upper + self._armed
 
+    # -- the peer's daemon -----------------------------------------------------------------------
+
+    def start_after(self, sequence: int) -> None:
+        """The link's heralds so far, as the backend counted them when this node declared the
+        link: a restarted node's heralds number on from there, and that is no loss."""
+        self.last_seq = max(self.last_seq, sequence)
+
+    def peer_lost(self, now: int) -> None:
+        """The peer's daemon went away (its stream broke): nothing more can be agreed with
+        it. Every request this end knows ends here with UNREACHABLE (pairs already delivered
+        stay delivered), every qubit this core holds or has armed is freed, and nothing is
+        retransmitted: otherwise memory armed for a peer that is gone stays armed for ever.
+        The peer, if it lives, ends its side the same way when its stream breaks."""
+        self._tick(now)
+        reason = f"{self.peer} is unreachable"
+        for req in self.requests.values():
+            if req.finish is not None and req.reported:
+                continue
+            if req.open:
+                req.fire(ReqInput.FAIL)
+            req.pool.clear()
+            req.finish = Finish(ErrorCode.UNREACHABLE, req.consumed_range(), req.delivered, reason)
+            req.reported = False
+            self._check_finish(req)
+        for seq in list(self.pairs):
+            self._free(seq)
+        # Measurements under way finish at the backend (which frees their qubits); what they
+        # were for is gone, so their results are dropped.
+        self._abandoned.update(self._pending)
+        self._pending.clear()
+        self.purifying.clear()
+        self._sender.forget_all()
+        self._cancels.clear()
+        self._early.clear()
+        self._waiting_seq.clear()
+        self._herald_due.clear()
+        self._discard_later.clear()
+        self._expire_sent.clear()
+        self._full_since = None
+        self._arm_blocked_until = -1
+        arming.update(self, now)
+
+    def peer_restarted(self, now: int) -> None:
+        """The peer's daemon is a new process (a new incarnation in its Hello): it kept
+        nothing, so this end forgets the requests and message ids they shared, and numbers
+        its own messages from 1 again, as the peer's fresh duplicate filter expects."""
+        self.peer_lost(now)
+        self.requests.clear()
+        self._live.clear()
+        self._add_ids.clear()
+        self._dedup = Deduplicator()
+        self._sender.restart_ids()
+        self._acks.clear()
+
     # -- physical layer ------------------------------------------------------------------------
 
     def on_herald(
@@ -393,6 +448,9 @@ class EgpCore:
     def on_measured(self, tag: int, outcome: int, now: int) -> None:
         self._tick(now)
         action = self._pending.pop(tag, None)
+        if action is None and tag in self._abandoned:
+            self._abandoned.discard(tag)
+            return
         if action is None:
             raise InvalidArgument(f"no measurement with tag {tag} is pending")
         if outcome not in (0, 1):

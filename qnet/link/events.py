@@ -59,6 +59,9 @@ class ErrorCode(Enum):
     DENIED = "denied"
     #: The origin withdrew the request (``EgpCore.cancel``); the master ended it.
     CANCELLED = "cancelled"
+    #: The other end's daemon went away (``EgpCore.peer_lost``): each end ends every request
+    #: it had with that peer by itself, since nothing more can be agreed.
+    UNREACHABLE = "unreachable"
 
 
 # -- upper layer ------------------------------------------------------------------------------

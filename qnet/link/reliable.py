@@ -96,6 +96,15 @@ class ReliableSender:
     def next_deadline(self) -> int | None:
         return min((e.due_ns for e in self._pending.values()), default=None)
 
+    def forget_all(self) -> None:
+        """Stop retransmitting everything (the receiver is gone)."""
+        self._pending.clear()
+
+    def restart_ids(self) -> None:
+        """Number from 1 again (the receiver restarted, with a fresh duplicate filter)."""
+        self._pending.clear()
+        self._next_id = 1
+
     @property
     def unacknowledged(self) -> int:
         return len(self._pending)

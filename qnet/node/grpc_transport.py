@@ -13,6 +13,10 @@ dialed again after a capped exponential back-off (``BACKOFF_MIN_S`` doubling to
 ``BACKOFF_MAX_S``, back to the minimum after a stream that was accepted); a new address from
 ``set_peer_address`` is dialed at once.
 
+Each Hello carries the sender's incarnation (random, per process). A new one from a neighbour
+means its daemon restarted: what is still queued for it is dropped, and ``run``'s
+``peer_restarted`` callback hears of it before anything the new process sent is delivered.
+
 ``connected(peer)`` is true from the moment the neighbour's Hello answers ours until that stream
 ends: the neighbour is running, knows us and speaks our version. Messages queued before are
 held and go out then. Each change of it goes to ``run``'s ``link_changed`` callback, so routing
@@ -35,6 +39,7 @@ All methods are called from the trio thread that runs ``run``.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +61,7 @@ from qnet.errors import (
     Unreachable,
 )
 from qnet.node import peer_wire
-from qnet.node.interfaces import Deliver, LinkChanged
+from qnet.node.interfaces import Deliver, LinkChanged, PeerRestarted
 from qnet.node.peer_wire import WireMessage
 from qnet.runtime.grpc_bridge import (
     BidiStream,
@@ -101,7 +106,8 @@ class PeerStats:
     #: Messages and batches received from it and handed to ``deliver``.
     messages_received: int
     batches_received: int
-    #: Outgoing messages dropped because the queue was full (oldest first).
+    #: Outgoing messages dropped because the queue was full (oldest first), or because the
+    #: neighbour restarted before they went out.
     dropped: int
     #: Incoming messages or batches dropped because they were malformed.
     malformed: int
@@ -134,6 +140,7 @@ class _Link:
     session: trio.CancelScope | None = None  # the current dial attempt
     inbound: trio.CancelScope | None = None  # the stream it dialed to us, once accepted
     sequence: int = 0  # of our Hellos
+    incarnation: int = 0  # of the neighbour's process, from its last Hello (0: none yet)
     connected: bool = False
     messages_sent: int = 0
     batches_sent: int = 0
@@ -195,6 +202,9 @@ class GrpcPeerTransport:
             self._links[peer] = _Link(peer, address)
         self._deliver: Deliver | None = None
         self._link_changed: LinkChanged | None = None
+        self._peer_restarted: PeerRestarted | None = None
+        #: This process, as our Hellos tell neighbours (a restart picks a new one).
+        self.incarnation = secrets.randbits(63) + 1
         self._nursery: trio.Nursery | None = None
         self._handshaking: set[trio.CancelScope] = set()
         self._serving = 0  # Exchange handlers alive
@@ -209,6 +219,7 @@ class GrpcPeerTransport:
         deliver: Deliver,
         *,
         link_changed: LinkChanged | None = None,
+        peer_restarted: PeerRestarted | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Dial every neighbour and accept their streams until cancelled. When this returns,
@@ -217,6 +228,7 @@ class GrpcPeerTransport:
             raise RuntimeError(f"{self.node}: the peer transport is already running")
         self._deliver = deliver
         self._link_changed = link_changed
+        self._peer_restarted = peer_restarted
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -228,6 +240,7 @@ class GrpcPeerTransport:
         finally:
             self._deliver = None
             self._link_changed = None
+            self._peer_restarted = None
             self._nursery = None
             for scope in self._handshaking:
                 scope.cancel()
@@ -348,9 +361,13 @@ class GrpcPeerTransport:
                 link.inbound.cancel()  # the neighbour has redialed; the old stream is stale
             link.inbound = scope
             log.debug("%s: accepted a stream from %s", self.node, link.name)
-            self._receive(link, first, start=1)
             greeting = first.messages[0].hello
-            yield peer_wire.batch(self.node, [peer_wire.hello(self.node, greeting.sequence)])
+            self._note_incarnation(link, greeting.incarnation)
+            self._receive(link, first, start=1)
+            yield peer_wire.batch(
+                self.node,
+                [peer_wire.hello(self.node, greeting.sequence, incarnation=self.incarnation)],
+            )
             try:
                 with scope:
                     async for item in requests:
@@ -499,7 +516,9 @@ class GrpcPeerTransport:
                 buffer=STREAM_BUFFER,
                 error_mapper=partial(rpc_error_to_qnet, where=where),
             ) as call:
-                hello = peer_wire.hello(self.node, link.sequence, recipient=link.name)
+                hello = peer_wire.hello(
+                    self.node, link.sequence, recipient=link.name, incarnation=self.incarnation
+                )
                 await call.send(peer_wire.batch(self.node, [hello]))
                 answers = aiter(call)
                 with trio.move_on_after(HELLO_TIMEOUT_S) as wait:
@@ -509,9 +528,10 @@ class GrpcPeerTransport:
                 if first is None:
                     raise Unreachable(f"{where} closed the stream before its Hello")
                 peer_wire.check_version(first)
-                peer_wire.hello_of(first)
+                answer = peer_wire.hello_of(first)
                 if first.sender != link.name:
                     raise FailedPrecondition(f"dialed {where}, but {first.sender!r} answered")
+                self._note_incarnation(link, answer.incarnation)
                 await self._connected(link, address, call, answers, first)
         finally:
             with trio.CancelScope(shield=True):
@@ -548,6 +568,25 @@ class GrpcPeerTransport:
             self._notify()
             self._report_link(link.name, up=False)
         raise error
+
+    def _note_incarnation(self, link: _Link, incarnation: int) -> None:
+        """A Hello from ``link``'s neighbour names its process: a new one after an old one
+        means it restarted, which the node hears before anything the new one sent."""
+        if not incarnation or incarnation == link.incarnation:
+            return
+        restarted = link.incarnation != 0
+        link.incarnation = incarnation
+        if not restarted:
+            return
+        # What is still queued was meant for the old process: its message ids would poison
+        # the new one's duplicate filter (ids it later meets again would be dropped unread).
+        link.dropped += len(link.queue)
+        link.queue.clear()
+        if self._peer_restarted is not None:
+            try:
+                self._peer_restarted(link.name)
+            except Exception:  # the node's bug must not take the stream down with it
+                log.exception("%s: peer_restarted(%s) failed", self.node, link.name)
 
     def _report_link(self, peer: str, *, up: bool) -> None:
         changed = self._link_changed

@@ -25,6 +25,8 @@ class LinkTheoryLike(Protocol):
     def rate_hz(self) -> float: ...
     @property
     def fidelity(self) -> float: ...
+    @property
+    def last_sequence(self) -> int: ...
 
 
 class ChannelAccess(Protocol):
@@ -53,6 +55,9 @@ Deliver = Callable[[str, Sequence[WireMessage]], None]
 #: Called in the node's trio thread when messages to a neighbour gain (True) or lose (False) a
 #: live path, so routing need not wait for its dead interval to notice.
 LinkChanged = Callable[[str, bool], None]
+#: Called with a neighbour's name when its daemon turns out to be a new process (before
+#: anything it sent on its new stream is delivered).
+PeerRestarted = Callable[[str], None]
 
 
 class PeerTransport(Protocol):
@@ -64,10 +69,12 @@ class PeerTransport(Protocol):
         deliver: Deliver,
         *,
         link_changed: LinkChanged | None = None,
+        peer_restarted: PeerRestarted | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled: ship what ``send`` queued, pass what arrives to
-        ``deliver``, and report each change of ``connected(peer)`` to ``link_changed``."""
+        ``deliver``, report each change of ``connected(peer)`` to ``link_changed`` and each
+        restart of a neighbour's process to ``peer_restarted``."""
         ...
 
     def send(self, peer: str, messages: Sequence[WireMessage]) -> None:

@@ -51,7 +51,7 @@ class LocalSession:
                 params=wire.link_params_to_wire(params),
             )
         )
-        return LinkTheory(resp.theory)
+        return LinkTheory(resp.theory, resp.last_sequence)
 
     async def allocate(self, count: int = 1) -> list[int]:
         resp = await self.server.allocate(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from qnet.node.interfaces import Deliver, LinkChanged
+from qnet.node.interfaces import Deliver, LinkChanged, PeerRestarted
 from qnet.node.peer_wire import Layer, WireMessage, layer_of
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.runtime.clock import PhysicalClock
@@ -165,6 +165,7 @@ class MemoryTransport:
         deliver: Deliver,
         *,
         link_changed: LinkChanged | None = None,
+        peer_restarted: PeerRestarted | None = None,  # nodes in one process never restart
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         net = self.network

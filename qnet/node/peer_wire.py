@@ -314,8 +314,10 @@ def _check_finite(value: object) -> None:
         raise ValueError("not a finite number")
 
 
-def hello(node: str, sequence: int, recipient: str = "") -> pb.PeerMessage:
-    return pb.PeerMessage(hello=pb.Hello(node=node, sequence=sequence, recipient=recipient))
+def hello(node: str, sequence: int, recipient: str = "", incarnation: int = 0) -> pb.PeerMessage:
+    return pb.PeerMessage(
+        hello=pb.Hello(node=node, sequence=sequence, recipient=recipient, incarnation=incarnation)
+    )
 
 
 def batch(sender: str, messages: Sequence[pb.PeerMessage]) -> pb.PeerBatch:

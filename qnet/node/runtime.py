@@ -138,6 +138,8 @@ class NodeRuntime:
         self._app_qubits: set[int] = set()
         #: Applications waiting for a qubit while the memory is full (``allocate_qubit``).
         self._app_waiting = 0
+        #: Free qubits kept for applications' next allocations (``reserve_app_memory``).
+        self._app_reserve = 0
         self._memory_changed = trio.Event()
         self.ready = trio.Event()
         #: Messages from neighbours refused here or by a link core (routing counts its own).
@@ -244,6 +246,14 @@ class NodeRuntime:
     @property
     def app_qubits(self) -> frozenset[int]:
         return frozenset(self._app_qubits)
+
+    def reserve_app_memory(self, count: int) -> None:
+        """Keep ``count`` free qubits for applications' allocations to come: the link layers
+        do not arm them (an application that allocates steadily finds its qubit free, instead
+        of waiting until a pair somewhere is consumed)."""
+        if count != self._app_reserve:
+            self._app_reserve = max(0, count)
+            self._balance_memory()
 
     def memory_changed(self) -> None:
         """The transport layer took or gave back qubits: share the rest between the links."""
@@ -365,7 +375,7 @@ class NodeRuntime:
         rng = random.Random(f"{self._seed}:{self.name}")
         for spec in self.topology.links_of(self.name):
             peer = spec.other(self.name)
-            await self.channel.declare_link(peer, spec.params)
+            theory = await self.channel.declare_link(peer, spec.params)
             config = EgpConfig(
                 node=self.name,
                 peer=peer,
@@ -380,13 +390,19 @@ class NodeRuntime:
                 ack_delay_ns=(self._rto_ns or 0) // 4,
             )
             core = EgpCore(config, rng=random.Random(rng.random()))
+            core.start_after(theory.last_sequence)
             commands = self._executor.queue(_LinkCommands(self, peer))
             self._links[peer] = _Link(peer, core, commands)
         # Routing starts before the transport, which may report links up at once.
         self.routing.start()
         async with self.channel.heralds() as heralds, trio.open_nursery() as nursery:
             await nursery.start(
-                partial(self.transport.run, self._on_messages, link_changed=self._link_changed)
+                partial(
+                    self.transport.run,
+                    self._on_messages,
+                    link_changed=self._link_changed,
+                    peer_restarted=self._peer_restarted,
+                )
             )
             nursery.start_soon(self._executor.run)
             await nursery.start(self.transport_layer.run)
@@ -457,6 +473,18 @@ class NodeRuntime:
         self.routing.link_changed(peer, up)
         if not up:
             self.circuits.link_changed(peer, up)
+            link = self._links.get(peer)
+            if link is not None:
+                link.core.peer_lost(self.now())
+                self._flush(link)
+
+    def _peer_restarted(self, peer: str) -> None:
+        """``peer``'s daemon is a new process: its link core starts afresh with it."""
+        link = self._links.get(peer)
+        if link is not None:
+            log.info("%s: %s restarted; starting the link afresh", self.name, peer)
+            link.core.peer_restarted(self.now())
+            self._flush(link)
 
     def _neighbour_changed(self, peer: str, up: bool) -> None:
         self.circuits.link_changed(peer, up)
@@ -562,7 +590,7 @@ class NodeRuntime:
             total = (
                 sum(used.values())
                 + len(self._app_qubits)
-                + self._app_waiting
+                + max(self._app_waiting, self._app_reserve)
                 + self.transport_layer.core.held_count()
             )
             # A link may not arm into what a circuit reserved on another link: otherwise an
@@ -681,11 +709,17 @@ class _AckCarrier:
         deliver: Callable[[str, Sequence[WireMessage]], None],
         *,
         link_changed: Callable[[str, bool], None] | None = None,
+        peer_restarted: Callable[[str], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The wrapped transport's (the node runs that one itself; this only completes the
         ``PeerTransport`` protocol)."""
-        await self._transport.run(deliver, link_changed=link_changed, task_status=task_status)
+        await self._transport.run(
+            deliver,
+            link_changed=link_changed,
+            peer_restarted=peer_restarted,
+            task_status=task_status,
+        )
 
 
 @dataclass(eq=False)

@@ -209,6 +209,10 @@ class ChannelCore:
         self._links[lid] = link
         return link.model(None)
 
+    def link_sequence(self, a: str, b: str) -> int:
+        """The link's last herald sequence so far (0: none)."""
+        return self._link(a, b).sequence
+
     def link_params(self, a: str, b: str) -> LinkParams:
         return self._link(a, b).params
 

@@ -307,7 +307,12 @@ class DeclareLinkResponse(_message.Message):
 
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     THEORY_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
+    last_sequence: _builtins.int
+    """The link's last herald sequence so far (0: none yet). Sequences keep counting when a node
+    restarts, so a node that (re)starts numbers its heralds on from here.
+    """
     @_builtins.property
     def theory(self) -> Global___LinkTheory: ...
     def __init__(
@@ -315,10 +320,11 @@ class DeclareLinkResponse(_message.Message):
         *,
         protocol_version: _builtins.int = ...,
         theory: Global___LinkTheory | None = ...,
+        last_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["theory", b"theory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol_version", b"protocol_version", "theory", b"theory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_sequence", b"last_sequence", "protocol_version", b"protocol_version", "theory", b"theory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -130,6 +130,8 @@ class _LinkErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LinkErr
     """the master's queue is full"""
     LINK_ERROR_CODE_CANCELLED: _LinkErrorCode.ValueType  # 6
     """the request's origin withdrew it"""
+    LINK_ERROR_CODE_UNREACHABLE: _LinkErrorCode.ValueType  # 7
+    """the other end's daemon went away (its stream broke)"""
 
 class LinkErrorCode(_LinkErrorCode, metaclass=_LinkErrorCodeEnumTypeWrapper): ...
 
@@ -146,6 +148,8 @@ LINK_ERROR_CODE_DENIED: LinkErrorCode.ValueType  # 5
 """the master's queue is full"""
 LINK_ERROR_CODE_CANCELLED: LinkErrorCode.ValueType  # 6
 """the request's origin withdrew it"""
+LINK_ERROR_CODE_UNREACHABLE: LinkErrorCode.ValueType  # 7
+"""the other end's daemon went away (its stream broke)"""
 Global___LinkErrorCode: _TypeAlias = LinkErrorCode  # noqa: Y015
 
 class _CircuitCloseCode:

@@ -250,6 +250,7 @@ class Hello(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Node name of the sender (equal to PeerBatch.sender)."""
     sequence: _builtins.int
@@ -261,16 +262,23 @@ class Hello(_message.Message):
     """Node name the sender means to reach; a server of another node refuses the stream. Empty
     in the serving side's answer.
     """
+    incarnation: _builtins.int
+    """The sender's process: a random nonzero value it picks when it starts. A Hello with a
+    different incarnation than the last one from the same node means that node restarted and
+    kept nothing: the receiver drops the link-layer state it shared with the old process
+    (message ids, requests) before it reads anything else on the stream. 0: not given.
+    """
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
         sequence: _builtins.int = ...,
         recipient: _builtins.str = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "recipient", b"recipient", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "node", b"node", "recipient", b"recipient", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,8 @@ class Daemon:
         self.batches: list[tuple[str, list[WireMessage]]] = []
         #: What the transport reported to ``link_changed``, in order.
         self.link_changes: list[tuple[str, bool]] = []
+        #: What the transport reported to ``peer_restarted``, with how many batches had come.
+        self.restarts: list[tuple[str, int]] = []
         self.port = 0
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -75,6 +77,9 @@ class Daemon:
 
     def link_changed(self, peer: str, up: bool) -> None:
         self.link_changes.append((peer, up))
+
+    def peer_restarted(self, peer: str) -> None:
+        self.restarts.append((peer, len(self.batches)))
 
     async def start(self, nursery: trio.Nursery, port: int = 0) -> None:
         self._stopped = trio.Event()
@@ -96,7 +101,12 @@ class Daemon:
                 async with trio.open_nursery() as nursery:
                     self.port = await nursery.start(partial(serve, register, port=port, grace=0.1))
                     await nursery.start(
-                        partial(self.transport.run, self.deliver, link_changed=self.link_changed)
+                        partial(
+                            self.transport.run,
+                            self.deliver,
+                            link_changed=self.link_changed,
+                            peer_restarted=self.peer_restarted,
+                        )
                     )
                     task_status.started()
         finally:
@@ -213,6 +223,10 @@ async def test_neighbour_that_goes_away_and_comes_back_is_reached_again() -> Non
             bob2 = Daemon(GrpcPeerTransport("bob", {"alice": alice.address}))
             await bob2.start(nursery, bob.port)  # a restarted daemon, same address
             await alice.transport.wait_connected(["bob"])
+            # What was queued for the old bob is dropped (counted): the new process would
+            # read it with the old one's message ids. What is sent now goes to the new bob.
+            assert alice.transport.stats().peers["bob"].dropped == len(EXAMPLES) - 1
+            alice.transport.send("bob", EXAMPLES[1:])
             await bob2.wait_received("alice", len(EXAMPLES) - 1)
             assert bob2.received("alice") == EXAMPLES[1:]
             # bob2 dialed alice too: alice accepted it in place of the stream of the old bob.
@@ -220,6 +234,10 @@ async def test_neighbour_that_goes_away_and_comes_back_is_reached_again() -> Non
             bob2.transport.send("alice", [Ack((99,))])
             await alice.wait_received("bob", 1)
             assert alice.received("bob") == [Ack((99,))]
+            # The new bob's Hello named a new process (the first bob's did not count as a
+            # restart), heard before anything the new one sent.
+            assert alice.restarts == [("bob", 0)]
+            assert bob2.restarts == []
             stats = alice.transport.stats().peers["bob"]
             assert stats.connects == 2
             assert stats.reconnects >= 1

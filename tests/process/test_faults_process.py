@@ -222,11 +222,6 @@ async def _routes_via_r1(network: Network) -> bool:
     return routes.get("bob") == "r1"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="after `qnet restart r1` routes come back, but pairs over r1 may stall: the"
-    " neighbours' link cores keep the state of r1's previous run (issue 6, open)",
-)
 async def test_restarting_the_repeater_rejoins_it(diamond: Network) -> None:
     started = time.monotonic()
     result = await trio.to_thread.run_sync(run_qnet, "restart", "r1", "--run-dir", diamond.run_dir)
