@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from qnet.errors import QnetError
+from qnet.errors import InvalidArgument, QnetError
 from qnet.physical.params import Scheme
 
 if TYPE_CHECKING:
@@ -155,10 +155,15 @@ def _routes(args: argparse.Namespace) -> int:
 
 
 def _restart(args: argparse.Namespace) -> int:
-    from qnet.daemon.launcher import restart
-    from qnet.daemon.report import format_restart
+    from qnet.daemon.launcher import restart, restart_network
+    from qnet.daemon.report import format_restart, format_up
 
     run_dir = _run_dir(args)
+    if args.channel == (args.node is not None):
+        raise InvalidArgument("name one node to restart, or give --channel (not both)")
+    if args.channel:
+        print(format_up(_run(lambda: restart_network(run_dir, timeout_s=args.timeout))))
+        return 0
     print(format_restart(_run(lambda: restart(run_dir, args.node, timeout_s=args.timeout))))
     return 0
 
@@ -254,12 +259,20 @@ def _add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     routes.set_defaults(run=_routes)
     restart = sub.add_parser(
         "restart",
-        help="stop one node's daemon (if it runs) and start it again",
+        help="stop one node's daemon (if it runs) and start it again; --channel: the backend",
         description="Stop the daemon of NODE if it still runs, start it again with the"
         " command line recorded in the run directory, link it to its neighbours and wait"
-        " until routing is complete again on every node.",
+        " until routing is complete again on every node. With --channel, start qnet-channeld"
+        " again and every node with it (a daemon that loses the backend exits: its qubits"
+        " lived there).",
     )
-    restart.add_argument("node", help="name of the node")
+    restart.add_argument("node", nargs="?", help="name of the node")
+    restart.add_argument(
+        "--channel",
+        action="store_true",
+        help="start qnet-channeld again, and with it every node (the backend holds every"
+        " qubit, so each node starts afresh)",
+    )
     _add_run_dir(restart)
     restart.add_argument("--timeout", type=float, default=30.0, help="seconds allowed (default 30)")
     restart.set_defaults(run=_restart)

@@ -511,8 +511,8 @@ async def restart(run_dir: Path, node: str, *, timeout_s: float = UP_TIMEOUT_S) 
         channel = state.channel
         if channel is None or not channel.running():
             raise FailedPrecondition(
-                f"qnet-channeld of network {state.network} is not running; start the network"
-                " again with `qnet down` then `qnet up`"
+                f"qnet-channeld of network {state.network} is not running; start it and every"
+                " node again with `qnet restart --channel`"
             )
         topology = load_topology(state.topology)
         was_running = old.running()
@@ -535,6 +535,28 @@ async def restart(run_dir: Path, node: str, *, timeout_s: float = UP_TIMEOUT_S) 
             await launch.stop_all()
             raise
     return RestartResult(child.record, was_running, time.monotonic() - started, tuple(notes))
+
+
+async def restart_network(run_dir: Path, *, timeout_s: float = UP_TIMEOUT_S) -> UpResult:
+    """Start the channel backend of the network in ``run_dir`` again, and with it every node
+    daemon: the backend holds every qubit, so when it goes every node's quantum state goes too
+    (a daemon exits when it loses the backend) and each node starts afresh. Same topology and
+    time scale; new addresses, recorded in the run directory."""
+    rd = RunDir(run_dir)
+    with rd.lock():
+        state = rd.read_state()
+        if state is None:
+            raise FailedPrecondition(f"no network is recorded in {rd.path}: nothing to restart")
+        live = running_daemons(state)
+        for group in (
+            [d for d in live if d.program == NODE_PROGRAM],
+            [d for d in live if d.program != NODE_PROGRAM],
+        ):
+            await _stop_group(group)
+        rd.remove_state()
+    return await up(
+        Path(state.topology), run_dir, time_scale=state.time_scale, timeout_s=timeout_s
+    )
 
 
 async def _relink(launch: _Launch, topology: Topology, node: str) -> tuple[list[str], list[str]]:
