@@ -175,6 +175,7 @@ class EgpCore:
         self._cancels: set[RequestKey] = set()
         self._next_create_id = 1
         self._order = 0
+        self._turns = 0
         self.pairs: dict[int, Pair] = {}
         self.last_seq = 0
         self._armed = 0

@@ -23,7 +23,7 @@ from qnet.link.events import (
     QueueAdd,
     Terminate,
 )
-from qnet.link.requests import Finish, ReqInput, ReqState, Request
+from qnet.link.requests import STREAM_PAIRS, Finish, ReqInput, ReqState, Request
 
 if TYPE_CHECKING:
     from qnet.link.egp import EgpCore, Pair
@@ -90,12 +90,18 @@ def place(core: EgpCore, pair: Pair, now: int) -> None:
     head = core._head()
     if head is None:
         discard(core, (pair.seq,), now)
-    elif head.plan.rounds == 0:
+        return
+    if head.plan.rounds == 0:
         offer(core, head, pair, now)
     else:
         head.consume(pair.seq)
         head.pool.setdefault(0, []).append(pair.seq)
         purify.try_purify(core, head, now)
+        if any(head.pool.values()):
+            return  # a pair waits for its partner: the request keeps its turn
+    if head.number >= STREAM_PAIRS:
+        core._turns += 1
+        head.turn = core._turns  # the next pair goes to the next request in line
 
 
 def offer(core: EgpCore, req: Request, pair: Pair, now: int) -> None:

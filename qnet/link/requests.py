@@ -23,6 +23,11 @@ from qnet.link.events import BasisChoice, ErrorCode, Kind, PairOk
 
 RequestKey = tuple[str, int]  # (origin node, create id at the origin)
 
+#: A request for this many pairs or more is a stream: it never ends by itself (a circuit's
+#: link requests are), so first-come first-served would give a link to the first stream for
+#: good. Streams take turns instead, behind the finite requests, which keep their order.
+STREAM_PAIRS = 1 << 31
+
 
 class ReqState(Enum):
     QUEUED = "queued"
@@ -102,6 +107,8 @@ class Request:
     misses: int = 0
     #: The delay before delivery ``plan`` allows for (``EgpCore._planning_latency``).
     plan_latency_ns: int = 0
+    #: Master, streams only: when it last got a pair (a counter of the core's; 0: never).
+    turn: int = 0
 
     def fire(self, event: ReqInput) -> None:
         self.state = next_state(self.state, event)
@@ -117,5 +124,7 @@ class Request:
     def consumed_range(self) -> tuple[int, int] | None:
         return None if self.seq_first < 0 else (self.seq_first, self.seq_last)
 
-    def service_key(self) -> tuple[int, int]:
-        return (-self.priority, self.order)
+    def service_key(self) -> tuple[int, int, int]:
+        """Higher priority first; among equals, first come first served, except that a
+        stream that got a pair goes behind the others (``turn``): streams share a link."""
+        return (-self.priority, self.turn, self.order)

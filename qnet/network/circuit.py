@@ -49,6 +49,7 @@ from qnet.link.events import (
     PairOk,
     PhysicalCommand,
 )
+from qnet.link.requests import STREAM_PAIRS
 from qnet.network import bell_diagonal as bd
 from qnet.network.circuit_events import (
     NETWORK_PURPOSE_BASE,
@@ -116,7 +117,7 @@ class CircuitConfig:
 
 
 #: Pairs asked for in a streaming link request; it ends with the circuit (LinkCancel).
-STREAM = 1 << 31
+STREAM = STREAM_PAIRS
 
 
 class CircuitCore:

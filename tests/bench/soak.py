@@ -222,6 +222,16 @@ def _qnet(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _log_notes(logs: Path, limit: int = 20) -> list[str]:
+    """The daemons' warnings and link changes, the first ``limit`` (to explain errors)."""
+    notes = []
+    for log in sorted(logs.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if " WARNING " in line or " ERROR " in line or "is down" in line:
+                notes.append(f"  {log.stem}: {line}")
+    return sorted(notes, key=lambda n: n.split(": ", 1)[1])[:limit]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--topology", type=Path, default=ROOT / "examples" / "chain4.toml")
@@ -256,8 +266,12 @@ def main() -> int:
             )
         finally:
             _qnet("down", "--run-dir", str(run_dir))
+            notes = _log_notes(run_dir / "logs")
     print(f"soak of {a.topology.name} with {memory} memory qubits per node:")
     print("\n".join(result.lines()))
+    if result.errors and notes:
+        print("what the daemons logged (warnings, links going down):")
+        print("\n".join(notes))
     return 1 if result.errors else 0
 
 
