@@ -62,6 +62,13 @@ ALLOCATE_TIMEOUT_S = 1.0
 BACKEND_CALL_S = 10.0
 #: Wall-clock seconds a gracefully closed connection may take to finish after its session.
 LINGER_S = 5.0
+#: A session that allocates keeps as many qubits free for its ``allocate`` calls as it had in
+#: use from them lately (at most ``RESERVE_MAX``), until ``RESERVE_IDLE_S`` wall seconds pass
+#: without an ``allocate`` (``NodeRuntime.reserve_app_memory``). Otherwise the link layers arm
+#: every qubit the application frees before its next ``allocate`` comes, and each allocation
+#: waits until a pair is consumed somewhere (a teleporting application mostly waits then).
+RESERVE_MAX = 4
+RESERVE_IDLE_S = 0.5
 
 Job = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -129,6 +136,12 @@ class AppService:
 
     def forget(self, session: _Session) -> None:
         self._sessions.discard(session)
+        self.update_reserve()
+
+    def update_reserve(self) -> None:
+        """Tell the runtime how many free qubits the sessions want kept for allocations."""
+        if self._runtime is not None:
+            self._runtime.reserve_app_memory(sum(s.reserve for s in self._sessions))
 
 
 class _Session:
@@ -170,6 +183,13 @@ class _Session:
         }
         #: The application said goodbye: its stream's end is a graceful close, not a loss.
         self.said_goodbye = False
+        #: Qubits handed out by ``allocate`` and still held; how many to keep in use or
+        #: free for it, and until when (see ``RESERVE_MAX``).
+        self._allocated: set[int] = set()
+        self._allocating = 0
+        self._reserve_target = 0
+        self._reserve_until = 0.0
+        self._reserve_wake = trio.Event()
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -181,6 +201,7 @@ class _Session:
             with self.scope:
                 async with trio.open_nursery() as tasks:
                     self._tasks = tasks
+                    tasks.start_soon(self._expire_reserve)
                     try:
                         async for request in requests:
                             self._dispatch(request)
@@ -297,6 +318,9 @@ class _Session:
         self.qubits.discard(qubit)
         self.service.owners.pop(qubit, None)
         self.runtime.release_qubits((qubit,))
+        if qubit in self._allocated:
+            self._allocated.discard(qubit)
+            self.service.update_reserve()
 
     def _handle(self, qubit: int) -> Qubit:
         return Qubit(self.runtime.channel, self.node, qubit)
@@ -468,9 +492,22 @@ class _Session:
         runtime = self.runtime
 
         async def job() -> None:
-            timeout_ns = int(ALLOCATE_TIMEOUT_S * runtime.clock.scale * 1e9)
-            qubit = await self._backend(runtime.allocate_qubit(timeout_ns=timeout_ns))
+            in_use = len(self._allocated) + 1
+            self._reserve_target = min(RESERVE_MAX, max(self._reserve_target, in_use))
+            self._reserve_until = trio.current_time() + RESERVE_IDLE_S
+            self._reserve_wake.set()
+            self._reserve_wake = trio.Event()
+            # While it waits the runtime counts its slot already.
+            self._allocating += 1
+            self.service.update_reserve()
+            try:
+                timeout_ns = int(ALLOCATE_TIMEOUT_S * runtime.clock.scale * 1e9)
+                qubit = await self._backend(runtime.allocate_qubit(timeout_ns=timeout_ns))
+            finally:
+                self._allocating -= 1
             # allocate_qubit counted it as an application's already.
+            self._allocated.add(qubit)
+            self.service.update_reserve()
             self.qubits.add(qubit)
             self.service.owners[qubit] = self
             self._answer(rid, qubit=pb.AppQubit(id=qubit, fidelity=1.0, number=-1))
@@ -523,6 +560,24 @@ class _Session:
 
         self._lane(0, "qubit", rid, job)
 
+    # -- memory kept for allocations -------------------------------------------------------------
+
+    @property
+    def reserve(self) -> int:
+        """Free qubits this session wants kept for its next allocations."""
+        return max(0, self._reserve_target - len(self._allocated) - self._allocating)
+
+    async def _expire_reserve(self) -> None:
+        """Drop the reservation once the application stopped allocating."""
+        while True:
+            wake = self._reserve_wake
+            if self._reserve_target and trio.current_time() >= self._reserve_until:
+                self._reserve_target = 0
+                self.service.update_reserve()
+            deadline = self._reserve_until if self._reserve_target else math.inf
+            with trio.move_on_at(deadline):
+                await wake.wait()
+
     # -- ending ------------------------------------------------------------------------------------
 
     async def _end(self, graceful: bool, service_tasks: trio.Nursery) -> None:
@@ -538,6 +593,9 @@ class _Session:
             else:
                 sock.abort()
         self.sockets.clear()
+        self._reserve_target = 0
+        self._allocated.clear()
+        self.service.update_reserve()
         left = sorted(self.qubits)
         self.qubits.clear()
         for q in left:

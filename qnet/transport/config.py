@@ -42,6 +42,13 @@ class TransportConfig:
     #: next call resumes it. Long enough that a busy stream, whose windows fill and drain
     #: with every pair, never pauses between calls.
     pause_after_ns: int = 10 * _MS
+    #: Pairs an end that sends qubits keeps ready for its next ``send_qubit`` calls (0: none),
+    #: so that a teleport waits for no pair; it keeps them while it sent a qubit within
+    #: ``prefetch_idle_ns``, and gives back one that waited ``max_ready_age_ns`` (it
+    #: decoheres meanwhile) for a fresh one.
+    teleport_prefetch: int = 2
+    prefetch_idle_ns: int = 20 * _MS
+    max_ready_age_ns: int = 20 * _MS
     #: Established connections a listener keeps for ``accept`` (plus those handshaking).
     backlog: int = 16
     #: Out-of-order records named in one Ack.
@@ -61,11 +68,15 @@ class TransportConfig:
             "linger_ns",
             "orphan_timeout_ns",
             "pause_after_ns",
+            "prefetch_idle_ns",
+            "max_ready_age_ns",
             "backlog",
             "max_selective",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"TransportConfig.{name} must be > 0")
+        if self.teleport_prefetch < 0:
+            raise InvalidArgument("TransportConfig.teleport_prefetch must be ≥ 0")
         if self.idle_timeout_ns < 0:
             raise InvalidArgument("TransportConfig.idle_timeout_ns must be ≥ 0")
         if not self.min_rto_ns <= self.max_rto_ns:

@@ -103,7 +103,12 @@ class Connection:
             conn_id,
             allocator=role is Role.ACCEPTOR,
             window=config.pair_window,
-            peer_epr_limit=peer_pair_window,
+            # The Syn's window only says how far the peer may go: it holds no pair ahead of
+            # its application's calls before it uses the stream (its PairDemand says so).
+            peer_epr_limit=0,
+            prefetch=config.teleport_prefetch,
+            prefetch_idle_ns=config.prefetch_idle_ns,
+            max_ready_age_ns=config.max_ready_age_ns,
             out=out,
             new_tag=new_tag,
             new_measure_tag=lambda: new_measure_tag(conn_id),
@@ -286,7 +291,7 @@ class Connection:
         self._grant(ids)
         if self.close_requested and not self.fin_queued and pairs.sending_done:
             self.sender.queue_fin()
-            self.fin_queued = True
+            self.fin_queued = pairs.fin_queued = True
         if self.fin_queued and self.peer_output_closed and not pairs.uses_closed:
             # Both Fins are out: every teleport's pair use was given before them, and the
             # epr and measure-directly streams ended before, so only RELEASE can follow.
@@ -360,6 +365,7 @@ class Connection:
                 self.send_handshake_ack(now)
         for record in self.sender.on_timer(now):
             self._out.append(SendTo(self.remote, record))
+        self.pairs.expire(now)
         return None
 
     def deadlines(self) -> Iterator[int]:
@@ -379,6 +385,9 @@ class Connection:
             yield self.last_heard_ns + self.config.idle_timeout_ns
         if self.idle_since is not None and self.state is not ConnState.CLOSED:
             yield self.idle_since + self.config.pause_after_ns
+        pairs_due = self.pairs.deadline()
+        if pairs_due is not None:
+            yield pairs_due
 
     # -- ending ----------------------------------------------------------------------------------
 

@@ -152,7 +152,7 @@ class TransportCore:
 
     def epr(self, conn_id: ConnId, now: int) -> None:
         """Ask for the next pair of the epr stream (``EprPair``, or ``PairsEnded``)."""
-        self._app_conn(conn_id, AppCall.EPR).pairs.want_epr()
+        self._app_conn(conn_id, AppCall.EPR).pairs.want_epr(now)
         self._settle(now)
 
     def epr_measure(self, conn_id: ConnId, count: int, basis: Basis, now: int) -> None:
@@ -169,7 +169,7 @@ class TransportCore:
         conn = self._app_conn(conn_id, AppCall.SEND_QUBIT)
         if qubit in self.held_qubits():
             raise InvalidArgument(f"qubit {qubit} is already in the transport's hands")
-        conn.pairs.send_qubit(qubit)
+        conn.pairs.send_qubit(qubit, now)
         self._settle(now)
 
     def close(self, conn_id: ConnId, now: int) -> None:
@@ -428,13 +428,13 @@ class TransportCore:
         """End-to-end pair ``index`` of ``circuit`` (corrected to Φ+); its qubit is ours now."""
         conn_id = self._circuits.conn_of(circuit)
         if conn_id is None:
-            if not self._circuits.park(circuit, HeldPair(index, qubit, fidelity), now):
+            if not self._circuits.park(circuit, HeldPair(index, qubit, fidelity, now), now):
                 self._free((qubit,))
             return
         conn = self._conns[conn_id]
         self._dirty[conn.id] = conn
         try:
-            conn.pairs.on_pair(HeldPair(index, qubit, fidelity))
+            conn.pairs.on_pair(HeldPair(index, qubit, fidelity, now))
         finally:
             self._settle(now)
 
@@ -473,8 +473,10 @@ class TransportCore:
         timeout = conn.on_timer(now)
         if timeout is not None:
             self._end(conn, Timeout, timeout, now)
-        elif conn.idle_since is not None and conn.idle_since + conn.config.pause_after_ns <= now:
-            self._dirty[conn.id] = conn  # its settle pauses the circuit
+        else:
+            # Its settle pauses the circuit when idle, and sends what expiring ready pairs
+            # owe the peer.
+            self._dirty[conn.id] = conn
 
     def next_deadline(self) -> int | None:
         return min(self._deadlines(), default=None)

@@ -242,7 +242,8 @@ class PairsEnd(RecordMessage):
 class Teleport(RecordMessage):
     """The Bell measurement of a qubit with the sender's half of pair ``index``: the receiver
     applies X^x then Z^z to its half, which is then the qubit. x = z = -1: the measurement
-    failed, the qubit is lost and the receiver frees its half."""
+    failed, the qubit is lost and the receiver frees its half. x = z = -2 (``pairs.RELEASED``):
+    the sender gives back a pair it kept ready and did not use; the receiver frees its half."""
 
     type_name: ClassVar[str] = "teleport"
     dst_conn: int

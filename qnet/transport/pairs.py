@@ -11,14 +11,23 @@ every pair without a round trip per pair, and the epr stream's k-th pair is the 
 The allocator chooses, for each pair, in this order: a qubit the follower wants to teleport
 (the follower's ``PairDemand.teleports``), one of its own, a measure-directly slot both ends
 asked for, the epr stream if both ends have room (the follower's ``epr_limit`` = pairs its
-application took + its window; the allocator's own window), else RELEASE: both ends free it.
-Flow control therefore bounds what each end holds for its application by its window; the
+application took + its calls waiting, or + its window while its application called ``epr``
+within ``prefetch_idle_ns``; the allocator's own window) or an ``epr`` call waits at the
+allocator, a pair kept ready for the next ``send_qubit`` of either end, else RELEASE: both
+ends free it. Flow control therefore bounds what each end holds for its application by its
+window, and an end whose application does not use the epr stream holds none of its pairs; the
 surplus is freed at once, and a connection that wants nothing at either end pauses its circuit
 (``Connection`` asks the driver, after ``TransportConfig.pause_after_ns`` without demand).
 
 Teleportation: a qubit waits in ``sends`` until a pair assigned to its direction is here (a
 confirmed pair); then ``BellMeasure``; the outcomes go as a ``Teleport`` record, in the order
-of the ``send_qubit`` calls; the receiver applies ``Correct`` and delivers its half.
+of the ``send_qubit`` calls; the receiver applies ``Correct`` and delivers its half. An end
+that sent a qubit within ``prefetch_idle_ns`` keeps ``teleport_prefetch`` pairs of its
+direction ready (the follower asks for them in its teleport demand), so that its next
+``send_qubit`` measures at once; it gives a ready pair back unused, alone (the receiver only
+waits for bits), with ``Teleport`` bits x = z = ``RELEASED``: once it stopped sending, and when
+the pair waited ``max_ready_age_ns`` (it decoheres in memory, and its fidelity estimate from
+arrival no longer holds) — a fresh one replaces it.
 
 When an output closes the allocator ends the epr and measure-directly streams (``PairsEnd``,
 after every EPR/MEASURE use it gave); calls those streams can no longer serve are answered
@@ -51,10 +60,8 @@ from qnet.transport.events import (
     QubitSent,
 )
 
-
-import collections
-
-_DBG: collections.Counter[str] = collections.Counter()
+#: Teleport bits (x = z = RELEASED) of a pair its sender kept ready and gave back unused.
+RELEASED = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,9 @@ class HeldPair:
     index: int
     qubit: int
     fidelity: float
+    #: When the pair reached this end (ns of the core's clock): a pair kept ready ages from
+    #: then.
+    since: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,9 @@ class PairStream:
         allocator: bool,
         window: int,
         peer_epr_limit: int,
+        prefetch: int = 0,
+        prefetch_idle_ns: int = 0,
+        max_ready_age_ns: int = 0,
         out: list[Output],
         new_tag: Callable[[], int],
         new_measure_tag: Callable[[], int],
@@ -103,6 +116,9 @@ class PairStream:
         self.conn = conn
         self.allocator = allocator
         self.window = window
+        self.prefetch = prefetch
+        self.prefetch_idle_ns = prefetch_idle_ns
+        self.max_ready_age_ns = max_ready_age_ns
         self._out = out
         self._new_tag = new_tag
         self._new_measure_tag = new_measure_tag
@@ -120,6 +136,12 @@ class PairStream:
         self.epr_wanted = 0
         self.epr_given = 0
         self.epr_assigned = 0
+        #: The application called ``epr`` within ``prefetch_idle_ns`` (until
+        #: ``epr_active_until``): only then does this end hold pairs ahead of its calls (its
+        #: window), so that pairs of a stream nobody uses do not sit in memory.
+        self.epr_active = False
+        self.epr_active_until = 0
+        self.epr_limit = 0
         # measure-directly stream: the basis of every slot the application asked for.
         self.measure_bases: list[Basis] = []
         self.measures_requested = 0
@@ -132,15 +154,30 @@ class PairStream:
         self.sends_requested = 0
         self.sends_started = 0
         self.my_pairs: deque[int] = deque()
+        #: Pairs assigned to this end's direction so far (used, ready or released), and
+        #: those released unused.
+        self.mine_assigned = 0
+        self.ready_released = 0
+        #: Prefetch: this end sent a qubit lately (until ``prefetch_until``), so it keeps
+        #: ``prefetch`` pairs of its direction ready beyond the qubits waiting to go.
+        self.prefetching = False
+        self.prefetch_until = 0
+        #: Follower: the teleport demand told so far (the allocator assigns up to it).
+        self.teleports_demand = 0
         self.bell_done: dict[int, _BellDone] = {}
         self.sends_reported = 0
         # teleportation, this end receiving: Teleport records waiting for their pair.
         self.incoming: deque[tuple[int, int, int]] = deque()
         self.received = 0
         self.teleports_lost = 0
+        self.ready_received_released = 0
         self.tags: dict[int, _BellPending | _MeasurePending] = {}
         #: No more EPR/MEASURE uses; no use but RELEASE at all.
         self.ended = False
+        #: This end's output closed (no send_qubit can follow); its Fin is queued (no record
+        #: can follow).
+        self.ended_output = False
+        self.fin_queued = False
         self.uses_closed = False
         #: The circuit is closed or closing: a pair still in flight is freed on arrival.
         self.circuit_closed = False
@@ -158,8 +195,10 @@ class PairStream:
 
     # -- the application -------------------------------------------------------------------------
 
-    def want_epr(self) -> None:
+    def want_epr(self, now: int = 0) -> None:
         self.epr_wanted += 1
+        self.epr_active = True
+        self.epr_active_until = now + self.prefetch_idle_ns
         self._progress()
         self._check_ended()
 
@@ -168,16 +207,29 @@ class PairStream:
         self.measures_requested += count
         self._check_ended()
 
-    def send_qubit(self, qubit: int) -> None:
+    def send_qubit(self, qubit: int, now: int = 0) -> None:
         self.sends.append(qubit)
         self.sends_requested += 1
+        if self.prefetch and not self.ended_output:
+            self.prefetching = True
+            self.prefetch_until = now + self.prefetch_idle_ns
         self._progress()
 
     def demand(self) -> tuple[int, int, int]:
         """The follower's PairDemand: epr limit, measure slots and teleports asked for."""
         # Counts only grow (slots the ended stream will not serve still count, so that the
-        # demand the allocator sees never goes down).
-        return (self.epr_given + self.window, self.measures_requested, self.sends_requested)
+        # demand the allocator sees never goes down). Teleports: every qubit sent, every
+        # ready pair released unused, and the ready pairs to keep while prefetching.
+        ready = self.prefetch if self.prefetching else 0
+        wanted = self.sends_requested + self.ready_released + ready
+        self.teleports_demand = max(self.teleports_demand, wanted)
+        self.epr_limit = max(self.epr_limit, self.epr_given + self._epr_room())
+        return (self.epr_limit, self.measures_requested, self.teleports_demand)
+
+    def _epr_room(self) -> int:
+        """Follower: pairs of the epr stream beyond those given that it may hold: one per call
+        waiting, or its window while its application uses the stream."""
+        return max(self.epr_wanted, self.window if self.epr_active else 0)
 
     # -- pairs -----------------------------------------------------------------------------------
 
@@ -217,15 +269,6 @@ class PairStream:
             self._free((pair.qubit,))
             return
         use = self._choose()
-        _DBG[use.name] += 1
-        if sum(_DBG.values()) % 100 == 0:
-            import logging
-
-            logging.getLogger("qnet.transport").warning(
-                "DBG uses %s held=%d eprq=%d wanted=%d peerlim=%d assigned=%d",
-                dict(_DBG), len(self.held), len(self.epr_queue), self.epr_wanted,
-                self.peer_epr_limit, self.epr_assigned,
-            )
         if not self.uses_out:
             self.uses_first = pair.index
         self.uses_out.append(use.value)
@@ -242,6 +285,12 @@ class PairStream:
                 return PairUse.MEASURE
             if self.epr_assigned < self.peer_epr_limit and len(self.epr_queue) < self.window:
                 return PairUse.EPR
+            if self.epr_assigned < self.epr_given + self.epr_wanted:
+                # A call here waits: the follower holds its half until its own call, as the
+                # allocator does for the follower's calls within the limit it set.
+                return PairUse.EPR
+        if self.prefetching and len(self.my_pairs) < len(self.sends) + self.prefetch:
+            return self.mine  # kept ready for the next send_qubit
         return PairUse.RELEASE
 
     def wants_pairs(self) -> bool:
@@ -274,7 +323,7 @@ class PairStream:
             raise ProtocolError(f"pair use {use.name} after PairsEnd")
         if use is PairUse.MEASURE and self.measures_assigned >= len(self.measure_bases):
             raise ProtocolError("a measure-directly pair nobody asked for")
-        if use is self.mine and len(self.my_pairs) >= len(self.sends):
+        if use is self.mine and self.mine_assigned >= self.teleports_demand:
             raise ProtocolError("a teleportation pair for a qubit nobody sends")
 
     def _assign(self, index: int, use: PairUse) -> None:
@@ -287,6 +336,7 @@ class PairStream:
             self.measures_assigned += 1
         elif use is self.mine:
             self.my_pairs.append(index)
+            self.mine_assigned += 1
         elif use is self.theirs:
             self.peer_teleports_assigned += 1
         self._settle(index)
@@ -327,11 +377,17 @@ class PairStream:
             self.tags[tag] = _BellPending(self.sends_started, pair.index, qubit)
             self.sends_started += 1
             self._out.append(BellMeasure(tag, qubit, pair.qubit))
+        if not self.prefetching:
+            for pair in self.ready():  # assigned while prefetching, come since
+                self._release_ready(pair)
         while self.incoming and self.incoming[0][0] in self.held:
             index, x, z = self.incoming.popleft()
             pair = self._consume(index)
             if x < 0:
-                self.teleports_lost += 1
+                if x == RELEASED:
+                    self.ready_received_released += 1
+                else:
+                    self.teleports_lost += 1
                 self._free((pair.qubit,))
                 continue
             self._out.append(Correct(self._new_tag(), pair.qubit, x, z))
@@ -358,7 +414,7 @@ class PairStream:
         waiting = any(i == index for i, _, _ in self.incoming)
         if self.use_of.get(index) is not self.theirs or waiting:
             raise ProtocolError(f"Teleport on pair {index}, which is not for a teleport to here")
-        if (x, z) != (-1, -1) and (x not in (0, 1) or z not in (0, 1)):
+        if (x, z) not in ((-1, -1), (RELEASED, RELEASED)) and (x not in (0, 1) or z not in (0, 1)):
             raise ProtocolError(f"Teleport bits ({x}, {z}) are not bits")
         self.incoming.append((index, x, z))
         self._progress()
@@ -397,10 +453,64 @@ class PairStream:
             )
             self.sends_reported += 1
 
+    # -- pairs kept ready --------------------------------------------------------------------------
+
+    def ready(self) -> list[HeldPair]:
+        """Pairs of this end's direction here and waiting for a qubit to teleport."""
+        waiting = len(self.sends)
+        out = []
+        for index in list(self.my_pairs)[waiting:]:
+            pair = self.held.get(index)
+            if pair is not None:
+                out.append(pair)
+        return out
+
+    def deadline(self) -> int | None:
+        """When ``expire`` has work: prefetch going idle, or the oldest ready pair aging."""
+        times = [self.prefetch_until] if self.prefetching else []
+        if self.epr_active:
+            times.append(self.epr_active_until)
+        ready = self.ready()
+        if ready and self.max_ready_age_ns:
+            times.append(min(p.since for p in ready) + self.max_ready_age_ns)
+        return min(times, default=None)
+
+    def expire(self, now: int) -> None:
+        """Stop prefetching once no qubit was sent for ``prefetch_idle_ns``; give back ready
+        pairs that aged past ``max_ready_age_ns`` (fresh ones replace them while
+        prefetching): a pair waiting in memory decoheres, and its fidelity estimate from
+        arrival would no longer hold."""
+        if self.epr_active and now >= self.epr_active_until:
+            self.epr_active = False
+        if self.prefetching and now >= self.prefetch_until:
+            self.stop_prefetch()
+        elif self.max_ready_age_ns:
+            for pair in self.ready():
+                if now - pair.since >= self.max_ready_age_ns:
+                    self._release_ready(pair)
+
+    def stop_prefetch(self) -> None:
+        self.prefetching = False
+        for pair in self.ready():
+            self._release_ready(pair)
+
+    def _release_ready(self, pair: HeldPair) -> None:
+        """Give back a ready pair unused: the peer frees its half on the ``RELEASED`` bits.
+        The sender alone decides this, since the receiver waits for the bits anyway."""
+        self.my_pairs.remove(pair.index)
+        self._consume(pair.index)
+        self._free((pair.qubit,))
+        self.ready_released += 1
+        if not self.fin_queued:  # after our Fin the peer frees its half when the end comes
+            self.teleports_out.append((pair.index, RELEASED, RELEASED))
+
     # -- ending ----------------------------------------------------------------------------------
 
     def end(self) -> None:
-        """Allocator: an output closed; the epr and measure-directly streams end."""
+        """This end's output closed: no more qubits to send, so pairs kept ready for them go
+        back. Allocator: the epr and measure-directly streams end."""
+        self.ended_output = True
+        self.stop_prefetch()
         if self.allocator and not self.ended:
             self.ended = True
             self.pairs_end_due = True

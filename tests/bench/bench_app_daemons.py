@@ -1,6 +1,6 @@
 """Benchmark of the application API over `qnet up` daemons (the Application service).
 
-`qnet up examples/chain4.toml` (alice – r1 – r2 – bob, 5 km single-click links, time scale
+`qnet up examples/chain4.toml` (alice – r1 – r2 – bob, 5 km Barrett–Kok links, time scale
 0.1), then an application on alice and one on bob, each its own ``RemoteBackend`` session (both
 in this process), connected by one transport connection. Measured, in wall-clock terms:
 
@@ -14,6 +14,8 @@ in this process), connected by one transport connection. Measured, in wall-clock
 Each figure checks what it counts (Z correlations of the pairs, teleported |1⟩ read as 1).
 
     python tests/bench/bench_app_daemons.py --pairs 300 --teleports 150
+    python tests/bench/bench_app_daemons.py --only teleport --run-dir /tmp/run   # py-spy the
+                                                        # qnetd PIDs in /tmp/run/state.json
 
 Issue targets: ≥ 100 pairs/s and ≥ 50 teleports/s.
 """
@@ -183,15 +185,20 @@ async def bench(state: dict[str, dict[str, dict[str, str]]], a: argparse.Namespa
         t = time.perf_counter()
         cli, conn = await connect(alice, bob, a.min_fidelity)
         print(f"connect (handshake + circuit alice→bob): {(time.perf_counter() - t) * 1e3:.0f} ms")
-        rate, agree = await epr_rate([(alice, cli), (bob, conn)], a.pairs, a.window)
-        print(
-            f"epr: {rate:.1f} pairs/s delivered to both apps"
-            f" (Z agreement {agree:.3f}, {a.pairs} pairs)"
-        )
-        rate, agree = await epr_measure_rate([cli, conn], a.pairs, a.chunk)
-        print(f"epr_measure: {rate:.1f} pairs/s (Z agreement {agree:.3f}, {a.pairs} pairs)")
-        rate, ones = await teleport_rate(alice, cli, bob, conn, a.teleports, a.window)
-        print(f"teleport: {rate:.1f} qubits/s (|1⟩ read as 1: {ones:.3f}, {a.teleports} qubits)")
+        if "epr" in a.only:
+            rate, agree = await epr_rate([(alice, cli), (bob, conn)], a.pairs, a.window)
+            print(
+                f"epr: {rate:.1f} pairs/s delivered to both apps"
+                f" (Z agreement {agree:.3f}, {a.pairs} pairs)"
+            )
+        if "epr_measure" in a.only:
+            rate, agree = await epr_measure_rate([cli, conn], a.pairs, a.chunk)
+            print(f"epr_measure: {rate:.1f} pairs/s (Z agreement {agree:.3f}, {a.pairs} pairs)")
+        if "teleport" in a.only:
+            rate, ones = await teleport_rate(alice, cli, bob, conn, a.teleports, a.window)
+            print(
+                f"teleport: {rate:.1f} qubits/s (|1⟩ read as 1: {ones:.3f}, {a.teleports} qubits)"
+            )
         await cli.close()
         await conn.close()
 
@@ -205,11 +212,24 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=2, help="calls in flight per end")
     parser.add_argument("--chunk", type=int, default=50, help="epr_measure pairs per call")
     parser.add_argument("--min-fidelity", type=float, default=0.6)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["epr", "epr_measure", "teleport"],
+        default=["epr", "epr_measure", "teleport"],
+        help="the figures to measure (in this order, on one connection)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="run directory for `qnet up` (default: a temporary one); its state.json names"
+        " the daemons' PIDs, e.g. for py-spy",
+    )
     a = parser.parse_args()
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so `qnet down` below runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
-        run_dir = Path(tmp) / "run"
+        run_dir = a.run_dir or Path(tmp) / "run"
         try:
             qnet("up", a.topology, "--run-dir", run_dir)
             state = json.loads((run_dir / "state.json").read_text())

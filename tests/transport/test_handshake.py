@@ -24,6 +24,7 @@ from qnet.transport.events import (
     Error,
     HandshakeAck,
     OpenCircuit,
+    PairUses,
     Reset,
     Syn,
     SynAck,
@@ -58,9 +59,14 @@ def test_pairs_before_the_handshake_ack_wait_for_it() -> None:
     net.do(A, lambda core, now: core.epr(a, now))
     net.do(B, lambda core, now: core.epr(b, now))
     net.run(100 * MS)
-    # Pair 0 arrived at the acceptor before its connection knew the circuit; it was kept.
+    # Pair 0 arrived at the acceptor before its connection knew the circuit; it was kept and
+    # decided first (an epr pair once the connector's demand came, else released).
     assert net.of(B, ConnectionAccepted)
-    assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)] == [0]
+    first = next(m for m in net.sent[B] if isinstance(m, PairUses))
+    assert first.first_index == 0
+    got_a, got_b = net.of(A, EprPair), net.of(B, EprPair)
+    assert len(got_a) == 1
+    assert [e.index for e in got_a] == [e.index for e in got_b]
     net.check_ledger()
 
 

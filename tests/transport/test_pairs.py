@@ -28,6 +28,7 @@ from qnet.transport.events import (
     ResumeCircuit,
     Teleport,
 )
+from qnet.transport.pairs import RELEASED
 from tests.transport.harness import CONFIG, MS, A, B, Faults, Holder, Net, established
 
 
@@ -64,10 +65,11 @@ def test_pairs_beyond_the_windows_are_released() -> None:
     net = Net(seed=1, config=replace(CONFIG, pause_after_ns=10_000 * MS))
     a, b = established(net)
     net.run(200 * MS)  # ~100 pairs stream in; nobody asks for any
+    # No end holds pairs ahead of calls before its application uses the stream.
     for node in (A, B):
-        assert len(net.cores[node].held_qubits()) <= CONFIG.pair_window + 1
+        assert len(net.cores[node].held_qubits()) <= 1
     uses = [u for m in net.sent[B] if isinstance(m, PairUses) for u in m.uses]
-    assert uses.count(PairUse.EPR.value) == CONFIG.pair_window
+    assert uses.count(PairUse.EPR.value) == 0
     assert uses.count(PairUse.RELEASE.value) > 50
     # Taking pairs opens the connector's window again (its PairDemand raises the limit).
     for _ in range(5):
@@ -157,6 +159,17 @@ def _teleport(net: Net, sender: str, conn: int, label: str) -> int:
     return qubit
 
 
+def _indices_for(net: Net, use: PairUse) -> list[int]:
+    """Pair indices the acceptor gave ``use``, in order."""
+    return [
+        m.first_index + i
+        for m in net.sent[B]
+        if isinstance(m, PairUses)
+        for i, u in enumerate(m.uses)
+        if u == use.value
+    ]
+
+
 def test_teleport_both_ways_delivers_the_content_in_order() -> None:
     net = Net(seed=3, faults=Faults(loss=0.2, duplicate=0.1, jitter_ns=3 * MS))
     a, b = established(net)
@@ -184,16 +197,14 @@ def test_teleport_commands_come_in_order() -> None:
     net.run_until(lambda: bool(net.of(B, QubitReceived)))
     [bell] = [c for c in net.commands[A] if isinstance(c, BellMeasure)]
     assert bell.qubit == qubit
-    [use] = [
-        m for m in net.sent[B] if isinstance(m, PairUses) and PairUse.FROM_CONNECTOR.value in m.uses
-    ]
-    index = use.first_index + use.uses.index(PairUse.FROM_CONNECTOR.value)
+    # The first pair of its direction (later ones are kept ready for the next send_qubit).
+    index = _indices_for(net, PairUse.FROM_CONNECTOR)[0]
     assert net.ledger.qubits[bell.pair_qubit].content == (
         "pair",
         net.cores[A].connection(a).circuit,
         index,
     )
-    [bits] = [m for m in net.sent[A] if isinstance(m, Teleport)]
+    bits = next(m for m in net.sent[A] if isinstance(m, Teleport))
     assert bits.index == index
     # The receiver's Correct comes before its delivery, on the other half of that pair.
     commands_b = net.commands[B]
@@ -268,7 +279,10 @@ def deque_empty() -> object:
 def test_closing_ends_the_pair_streams() -> None:
     net = Net(seed=8)
     a, b = established(net)
-    net.run(50 * MS)  # both windows fill with pairs of the epr stream
+    # Both applications use the stream: after the first pair both windows fill with pairs.
+    net.do(A, lambda core, now: core.epr(a, now))
+    net.do(B, lambda core, now: core.epr(b, now))
+    net.run(15 * MS)
     net.do(A, lambda core, now: core.close(a, now))
     net.run(50 * MS)
     net.do(B, lambda core, now: core.epr(b, now))
@@ -276,10 +290,10 @@ def test_closing_ends_the_pair_streams() -> None:
     # B's window held pairs of the epr stream before A closed; any pair past those is never
     # coming, and those calls are answered at once.
     held = CONFIG.pair_window
-    assert len(net.of(B, EprPair)) == 2
+    assert len(net.of(B, EprPair)) == 1 + 2
     for _ in range(held):
         net.do(B, lambda core, now: core.epr(b, now))
-    assert len(net.of(B, EprPair)) == held
+    assert len(net.of(B, EprPair)) == 1 + held
     assert net.of(B, PairsEnded) == [PairsEnded(b, 1, 0)] * 2  # one per call
     # A, which closed its output, still takes the pairs it holds, and the same ones.
     for _ in range(held + 1):
@@ -291,3 +305,55 @@ def test_closing_ends_the_pair_streams() -> None:
     net.check_ledger()
     for node in (A, B):
         assert net.cores[node].held_qubits() == []
+
+
+def test_a_sender_keeps_pairs_ready_and_teleports_without_waiting() -> None:
+    net = Net(seed=11)
+    a, _b = established(net)
+    _teleport(net, A, a, "first")
+    net.run_until(lambda: len(net.of(B, QubitReceived)) == 1)
+    net.run(10 * MS)  # pairs stream in: the connector keeps CONFIG.teleport_prefetch ready
+    ready = net.cores[A].connection(a).pairs.ready()
+    assert len(ready) == CONFIG.teleport_prefetch > 0
+    # The next qubit goes at once, on the oldest ready pair: no round trip for a pair's use.
+    qubit = _teleport(net, A, a, "second")
+    bell = [c for c in net.commands[A] if isinstance(c, BellMeasure)][-1]
+    assert bell.qubit == qubit
+    assert net.ledger.qubits[bell.pair_qubit].content[2] == ready[0].index
+    net.run_until(lambda: len(net.of(B, QubitReceived)) == 2)
+    labels = [net.ledger.qubits[e.qubit].content for e in net.of(B, QubitReceived)]
+    assert labels == ["first", "second"]
+    assert net.protocol_errors == []
+
+
+def test_ready_pairs_go_back_when_the_sender_stops() -> None:
+    net = Net(seed=12, config=replace(CONFIG, pause_after_ns=10_000 * MS))
+    a, b = established(net)
+    _teleport(net, A, a, "only")
+    net.run_until(lambda: len(net.of(B, QubitReceived)) == 1)
+    net.run(CONFIG.prefetch_idle_ns + 20 * MS)
+    # No qubit sent for prefetch_idle_ns: the ready pairs went back, both halves freed.
+    assert net.cores[A].connection(a).pairs.ready() == []
+    released = [m for m in net.sent[A] if isinstance(m, Teleport) and m.x == RELEASED]
+    assert len(released) >= CONFIG.teleport_prefetch
+    assert net.cores[B].connection(b).pairs.ready_received_released == len(released)
+    assert len(net.of(B, QubitReceived)) == 1  # a released pair delivers nothing
+    for node in (A, B):
+        assert len(net.cores[node].held_qubits()) <= 1
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_ready_pairs_are_renewed_before_they_age() -> None:
+    config = replace(CONFIG, prefetch_idle_ns=1_000 * MS, max_ready_age_ns=5 * MS)
+    net = Net(seed=13, config=config)
+    a, _b = established(net)
+    _teleport(net, A, a, "q")
+    net.run_until(lambda: len(net.of(B, QubitReceived)) == 1)
+    for _ in range(10):
+        net.run(5 * MS)
+        now = net.now
+        for pair in net.cores[A].connection(a).pairs.ready():
+            assert now - pair.since <= config.max_ready_age_ns + 2 * MS
+    assert any(isinstance(m, Teleport) and m.x == RELEASED for m in net.sent[A])
+    assert net.protocol_errors == []
