@@ -554,9 +554,7 @@ async def restart_network(run_dir: Path, *, timeout_s: float = UP_TIMEOUT_S) -> 
         ):
             await _stop_group(group)
         rd.remove_state()
-    return await up(
-        Path(state.topology), run_dir, time_scale=state.time_scale, timeout_s=timeout_s
-    )
+    return await up(Path(state.topology), run_dir, time_scale=state.time_scale, timeout_s=timeout_s)
 
 
 async def _relink(launch: _Launch, topology: Topology, node: str) -> tuple[list[str], list[str]]:
