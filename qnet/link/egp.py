@@ -60,7 +60,7 @@ from qnet.link.events import (
 )
 from qnet.link.purify import Round
 from qnet.link.reliable import Deduplicator, ReliableSender, SmoothedDelay
-from qnet.link.requests import Finish, ReqInput, ReqState, Request, RequestKey
+from qnet.link.requests import STREAM_PAIRS, Finish, ReqInput, ReqState, Request, RequestKey
 from qnet.physical.gates import Basis, Matrix
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.physical.params import LinkParams, NodeParams
@@ -567,6 +567,11 @@ class EgpCore:
             key, number, min_fidelity, deadline, kind, basis, purpose, priority, plan, self._order
         )
         record.plan_latency_ns = latency
+        if number >= STREAM_PAIRS:
+            # A new stream joins the back of the rotation: were it first, streams that come
+            # and go (paused, resumed circuits) would starve one that keeps going.
+            self._turns += 1
+            record.turn = self._turns
         self.requests[key] = self._live[key] = record
         return record
 

@@ -141,9 +141,11 @@ async def _connection(
     pairs: int,
     timeout_s: float,
 ) -> None:
+    step, done = "connect", 0
     try:
         cli, conn = await _connect(src, dst, BASE_PORT + k, timeout_s)
         while trio.current_time() < until:
+            step = f"round {done}: epr_measure"
             got: dict[str, list[int]] = {}
 
             async def take(name: str, sock: AsyncSocket, got: dict[str, list[int]] = got) -> None:
@@ -154,6 +156,7 @@ async def _connection(
                 nursery.start_soon(take, "b", conn)
             assert len(got["a"]) == len(got["b"]) == pairs
             result.pairs += pairs
+            step = "messages"
             message = b"round %d of connection %d" % (result.rounds, k)
             await cli.send(message)
             await conn.send(message[::-1])
@@ -161,13 +164,14 @@ async def _connection(
                 raise AssertionError(f"connection {k}: a message came back wrong")
             result.messages += 2
             result.rounds += 1
+            done += 1
         await cli.close()
         await conn.close()
     except Exception as exc:
         while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         result.errors[type(exc).__name__] += 1
-        print(f"connection {k} ({src.name} → {dst.name}): {type(exc).__name__}: {exc}")
+        print(f"connection {k} ({src.name} → {dst.name}), {step}: {type(exc).__name__}: {exc}")
 
 
 async def run_soak(
