@@ -50,6 +50,8 @@ class SoakResult:
     pairs: int = 0
     messages: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    #: One line per failed connection: which, between which nodes, in which call, and why.
+    failures: list[str] = field(default_factory=list)
     rss_start: dict[str, int] = field(default_factory=dict)
     rss_end: dict[str, int] = field(default_factory=dict)
     qubits_end: int = -1
@@ -171,7 +173,9 @@ async def _connection(
         while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         result.errors[type(exc).__name__] += 1
-        print(f"connection {k} ({src.name} → {dst.name}), {step}: {type(exc).__name__}: {exc}")
+        line = f"connection {k} ({src.name} → {dst.name}), {step}: {type(exc).__name__}: {exc}"
+        result.failures.append(line)
+        print(line)
 
 
 async def run_soak(
