@@ -4,7 +4,7 @@ pairs checked at both ends against measured correlations."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,6 +16,8 @@ from qnet.interop.wire import VERSION, Pump, StreamEnded, expect_error
 from qnet.v1 import channel_pb2 as cpb
 from qnet.v1 import node_pb2 as npb
 from qnet.v1 import peer_pb2 as ppb
+
+T = TypeVar("T")
 
 BASES: dict[str, cpb.Basis.ValueType] = {"Z": cpb.BASIS_Z, "X": cpb.BASIS_X, "Y": cpb.BASIS_Y}
 BASIS_NAMES = {v: k for k, v in BASES.items()}
@@ -55,11 +57,15 @@ def subscribe(
         npb.LinkEventsRequest(protocol_version=VERSION, peer=peer, measure_on_delivery=basis),
         timeout=ctx.remaining(),
     )
-    pump: Pump[npb.LinkEvent] = Pump(call, "link-events")
-    first = pump.next(ctx.remaining(10))
+    return subscribed(ctx, Pump(call, "link-events"), f"LinkEvents on {node}")
+
+
+def subscribed(ctx: Context, pump: Pump[T], what: str) -> Pump[T]:
+    """``pump`` once its stream opened with ``subscribed``, as every events stream must."""
+    first: Any = pump.next(ctx.remaining(10))
     if first.WhichOneof("event") != "subscribed":
         pump.cancel()
-        raise Failed(f"LinkEvents on {node} did not start with subscribed: {first}")
+        raise Failed(f"{what} did not start with subscribed: {first}")
     return pump
 
 

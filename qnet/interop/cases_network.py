@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from qnet.interop import stats
-from qnet.interop.cases_link import BASES
+from qnet.interop.cases_link import BASES, subscribed
 from qnet.interop.cases_routing import path_fidelity
 from qnet.interop.registry import Context, Failed, Unsupported, case, check, link_pair
 from qnet.interop.wire import VERSION, Pump, StreamEnded
@@ -46,12 +46,7 @@ def subscribe_circuits(
         npb.CircuitEventsRequest(protocol_version=VERSION, measure_on_delivery=basis),
         timeout=ctx.remaining(),
     )
-    pump: Pump[npb.CircuitEvent] = Pump(call, "circuit-events")
-    first = pump.next(ctx.remaining(10))
-    if first.WhichOneof("event") != "subscribed":
-        pump.cancel()
-        raise Failed(f"CircuitEvents on {node} did not start with subscribed")
-    return pump
+    return subscribed(ctx, Pump(call, "circuit-events"), f"CircuitEvents on {node}")
 
 
 def open_circuit(
