@@ -154,6 +154,9 @@ class Sockets:
         self.node = transport.node
         self._listeners: dict[int, _Stream[ConnectionAccepted]] = {}
         self._conns: dict[int, Socket] = {}
+        #: Sockets of accepted connections that ``accept`` has not returned yet (one that
+        #: failed meanwhile is gone from ``_conns`` but still returned, and raises its error).
+        self._unclaimed: dict[int, Socket] = {}
         transport.subscribe(self._on_event)
 
     def socket(self) -> Socket:
@@ -173,6 +176,7 @@ class Sockets:
                 accepted = Socket(self, event.conn, (event.remote, event.remote_port))
                 accepted._local = event.port
                 self._conns[event.conn] = accepted
+                self._unclaimed[event.conn] = accepted
                 stream.push(event)
             return
         sock = self._conns.get(event.conn)
@@ -240,7 +244,7 @@ class Socket:
                 self._owner.call(core.accept, port)
 
         (event,) = await self._bounded(stream.take(1, register))
-        sock = self._owner._conns[event.conn]
+        sock = self._owner._unclaimed.pop(event.conn)
         assert sock.peer is not None
         return sock, sock.peer
 
@@ -384,6 +388,11 @@ class Socket:
         if self._listening and self._local is not None:
             self._listening = False
             stream = self._owner._listeners.pop(self._local)
+            for event in stream.items:
+                # Accepted for a call that gave up: nobody can ever take it now.
+                accepted = self._owner._unclaimed.pop(event.conn, None)
+                if accepted is not None:
+                    accepted.abort()
             stream.fail(FailedPrecondition("the socket was closed", node=self.node))
             self._owner.call(self._owner.transport.core.unlisten, self._local)
             return
@@ -408,6 +417,7 @@ class Socket:
             self._owner._listeners.pop(self._local, None)
             if stream is not None:
                 for event in stream.items:
+                    self._owner._unclaimed.pop(event.conn, None)
                     accepted = self._owner._conns.get(event.conn)
                     if accepted is not None:
                         accepted.abort()

@@ -91,6 +91,13 @@ class EgpConfig:
     #: Qubits kept armed at once while there is work. More than one hides the round trip from
     #: a herald to the next arm (a few ms between processes), at the cost of memory.
     pipeline: int = 4
+    #: Slave: how long to wait for our herald of a pair the master already assigned before
+    #: taking it as lost (the request then ends EXPIRED at both ends); None: 4 retransmission
+    #: timeouts. Between daemons the herald comes from the backend and the assignment from
+    #: the peer, by streams of different processes: a loaded machine delays one behind the
+    #: other by far more than that, and the backend loses no herald short of its session
+    #: breaking (which ends the daemon).
+    herald_grace_ns: int | None = None
     #: Expected processing and messaging delay beyond the fibre's (0 in qnet.sim): plans aim
     #: at the fidelity pairs will have when they are delivered that much later.
     latency_ns: int = 0
@@ -192,7 +199,9 @@ class EgpCore:
         #: Slave: when we started waiting for each herald the master already used. Heralds
         #: reach both ends at the same physical time, so a long wait means ours was lost.
         self._herald_due: dict[int, int] = {}
-        self._herald_grace_ns = 4 * rto
+        self._herald_grace_ns = (
+            4 * rto if config.herald_grace_ns is None else config.herald_grace_ns
+        )
         self._lost: set[int] = set()
         self._discard_later: set[int] = set()
         self._expire_sent: set[RequestKey] = set()

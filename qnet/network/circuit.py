@@ -148,6 +148,7 @@ class CircuitCore:
             "chain_discards": 0,
             "stale": 0,
             "unknown_messages": 0,
+            "lost_after_delivery": 0,
         }
 
     # -- from above ----------------------------------------------------------------------------
@@ -276,7 +277,12 @@ class CircuitCore:
         )
         if side is Side.DOWN:
             c.outstanding = max(0, c.outstanding - 1)
-        if c.doomed[side].pop(pair.seq, None) is not None:
+        doomed = c.doomed[side]
+        if pair.seq in doomed:
+            if c.role is not Role.HEAD:
+                # (The head keeps the mark until it goes stale: a completion for it may
+                # still come, and ends the circuit.)
+                del doomed[pair.seq]
             self._free(pair.qubit)
             self._maybe_request(c, now)
             return
@@ -307,9 +313,17 @@ class CircuitCore:
         c, side = found
         if err.code is ErrorCode.EXPIRED and err.seq_range is not None:
             first, last = err.seq_range
+            head = c.role is Role.HEAD and side is Side.DOWN
             for seq in range(first, last + 1):
+                if head and seq in c.early:
+                    self._lost_after_delivery(c, seq)
+                    return
                 if seq in c.pairs(side) or self._swap_of(c, side, seq) is not None:
                     self._discarded(c, side, seq, now, announce=False)
+                if head:
+                    # Our half is gone for good, and the tail may yet complete (and deliver)
+                    # the end-to-end pair it belongs to.
+                    c.doomed[side][seq] = now + self._stale_ns(c)
         if side is not Side.DOWN or err.origin != self.node:
             return
         c.outstanding = 0
@@ -676,8 +690,22 @@ class CircuitCore:
             return
         if msg.head_seq in c.down_pairs:
             self._completed_at_head(c, msg.head_seq, done, now)
+        elif msg.head_seq in c.doomed[Side.DOWN]:
+            self._lost_after_delivery(c, msg.head_seq)
         else:
             c.early[msg.head_seq] = done
+
+    def _lost_after_delivery(self, c: Circuit, head_seq: int) -> None:
+        """The tail delivered the end-to-end pair of our link pair ``head_seq``, and our half
+        of that link pair is gone (the link layer ended with EXPIRED, or a discard reached
+        us). This end can never deliver the same index, so the ends would fall out of step:
+        the circuit ends at both, with a reason, rather than leave this end waiting."""
+        self.counters["lost_after_delivery"] += 1
+        reason = (
+            f"{self.node} lost its half of an end-to-end pair (link pair {head_seq})"
+            f" that {c.path[-1]} had delivered"
+        )
+        self._end(c, CloseCode.UNREACHABLE, self.node, reason, notify=None)
 
     def _completed_at_head(self, c: Circuit, head_seq: int, done: Completion, now: int) -> None:
         pair = c.down_pairs.pop(head_seq)

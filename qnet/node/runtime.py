@@ -388,6 +388,8 @@ class NodeRuntime:
                 # waits up to a quarter of it for other messages to travel with; in qnet.sim
                 # messages cost little and acknowledgements go at once.
                 ack_delay_ns=(self._rto_ns or 0) // 4,
+                # A daemon may stall for a second on a loaded machine (see EgpConfig).
+                herald_grace_ns=None if self._rto_ns is None else 100 * self._rto_ns,
             )
             core = EgpCore(config, rng=random.Random(rng.random()))
             core.start_after(theory.last_sequence)

@@ -231,8 +231,10 @@ class TransportCore:
         ):
             self.counters["unknown_connection"] += 1
             if not isinstance(message, Reset):
-                reason = f"{self.node} has no connection {message.dst_conn}"
-                reset = Reset(message.src_conn, message.dst_conn, "NotFound", self.node, reason)
+                # It ended here (or never was): to the sender's application the other end is
+                # gone, as for any connection whose peer went away.
+                reason = f"{self.node} has no connection {message.dst_conn} (it ended there)"
+                reset = Reset(message.src_conn, message.dst_conn, "Unreachable", self.node, reason)
                 self._out.append(SendTo(sender, reset))
             return
         conn.last_heard_ns = now

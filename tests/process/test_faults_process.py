@@ -203,7 +203,7 @@ async def test_killing_a_repeater_mid_stream(diamond: Network) -> None:
                 pairs = await _exchange(alice, bob)
             except Unreachable:
                 # On a saturated machine a daemon may stall past routing's dead interval
-                # (0.9 s wall) and a neighbour then drops the link: try once more, and say so.
+                # (2 s wall) and a neighbour then drops the link: try once more, and say so.
                 FIGURES["new connection retried"] = 1
                 pairs = await _exchange(alice, bob)
             FIGURES["new connection over r2 ok"] = time.monotonic() - killed

@@ -4,16 +4,18 @@ and leave nothing allocated."""
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
 
-from qnet.errors import NotFound, Timeout
+from qnet.errors import NotFound, Timeout, Unreachable
 from qnet.physical.gates import Basis, GateName
 from qnet.sim import SimNetwork, open_network
 from qnet.sockets import Qubit, Socket
+from qnet.transport.events import ConnectionAccepted, Error, TransportEvent
 from tests.network.circuithelpers import both, chain, idle, until
 
 PORT = 7
@@ -214,3 +216,44 @@ async def test_an_idle_connection_stops_generating_and_resumes(
             await qb.measure()
         assert pairs.next_index > made
         await _close_both(net, cli, conn)
+
+
+async def test_accept_returns_a_connection_that_failed_before_it_was_taken(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The connection's Error can come in the same batch of events as its
+    ConnectionAccepted, before the accepting task runs: accept still returns its socket, and
+    the socket's calls raise the connection's error."""
+    async with open_network(chain(2)) as net:
+        layer = net.node("n1").transport_layer
+        srv = layer.socket()
+        srv.bind(PORT)
+        srv.listen()
+        owner = srv._owner
+        deliver = owner._on_event
+
+        def then_fail(event: TransportEvent) -> None:
+            deliver(event)
+            if isinstance(event, ConnectionAccepted):
+                deliver(Error(event.conn, Unreachable, "n1", "its circuit ended"))
+
+        subscribers = layer._subscribers
+        subscribers[subscribers.index(deliver)] = then_fail
+        cli = net.node("n0").transport_layer.socket()
+        cli.settimeout(5)
+        accepted: list[Socket] = []
+
+        async def take() -> None:
+            conn, peer = await srv.accept()
+            assert peer[0] == "n0"
+            accepted.append(conn)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            with contextlib.suppress(Unreachable, Timeout):
+                await cli.connect(("n1", PORT))
+        (conn,) = accepted
+        conn.settimeout(5)
+        with pytest.raises(Unreachable, match="its circuit ended"):
+            await conn.recv()
+        cli.abort()

@@ -168,7 +168,7 @@ def test_everything_has_a_default() -> None:
     assert top == Topology("qnet", nodes=(NodeSpec("solo"),))
     assert (top.seed, top.time_scale, top.max_group_qubits, top.links) == (0, 1.0, 10, ())
     assert top.channel == EndpointSpec("127.0.0.1", 0)
-    assert top.routing == RoutingSpec(200.0, 900.0, 100.0, 0.8)
+    assert top.routing == RoutingSpec(200.0, 2000.0, 100.0, 0.8)
 
 
 def test_network_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
