@@ -9,10 +9,12 @@ Everything here runs in one trio thread, so the core needs no lock.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import trio
 
@@ -20,6 +22,7 @@ from qnet.channel import wire
 from qnet.channel.wire import PROTOCOL_VERSION, check_version
 from qnet.errors import AlreadyExists, InvalidArgument, QnetError, Unauthenticated
 from qnet.physical.channel_core import ChannelCore
+from qnet.physical.events import HeraldEvent
 from qnet.runtime.clock import PhysicalClock
 from qnet.runtime.grpc_service import Malformed, malformed_error
 from qnet.security.identity import require_node
@@ -35,6 +38,23 @@ MAX_OPERATIONS = 10_000
 ORPHAN_LEASE_S = 1.0
 
 
+class _Sleep(Protocol):
+    """What a timer task sleeps on: a cancel scope, or the clock's alarm (``qnet.sim``'s
+    ``JumpClock`` keeps cheaper ones); setting ``deadline`` moves the wake-up."""
+
+    deadline: float
+
+
+class _Alarm(_Sleep, Protocol):
+    async def wait(self) -> None: ...
+
+
+def _clock_alarm() -> _Alarm | None:
+    """An alarm of the running trio clock if it keeps any (``qnet.sim.JumpClock``)."""
+    make = getattr(trio.lowlevel.current_clock(), "alarm", None)
+    return None if make is None else cast(_Alarm, make())
+
+
 @dataclass(eq=False)
 class _Session:
     token: str
@@ -45,6 +65,8 @@ class _Session:
     recv: trio.MemoryReceiveChannel[pb.Event]
     streaming: bool = False
     ended: bool = False
+    #: An in-process stream's sink (``stream_locally``): heralds as the core made them.
+    local: Callable[[HeraldEvent | None], None] | None = None
     #: trio time its event stream closed while the session lived (None: open, or never had one).
     orphaned_at: float | None = None
 
@@ -62,7 +84,13 @@ class ChannelServer:
         self.authenticate = authenticate
         self._sessions: dict[str, _Session] = {}
         self._by_node: dict[str, _Session] = {}
-        self._wake = trio.Event()
+        #: The timer task's sleep while it sleeps: its deadline is the next herald's (or
+        #: orphan lease's) time, and requests move it rather than wake the task, so a
+        #: request that schedules nothing earlier costs no task switch.
+        self._sleep: _Sleep | None = None
+        #: (herald time in ns, its trio time) of the last conversion: most requests leave
+        #: the next herald where it was.
+        self._wake_memo: tuple[int | None, float] = (None, math.inf)
         #: Sessions whose event stream closed (see ORPHAN_LEASE_S).
         self._orphans: set[_Session] = set()
 
@@ -72,15 +100,39 @@ class ChannelServer:
         """Advance the core to each herald's time and deliver the heralds; runs until
         cancelled."""
         task_status.started()
-        while True:
-            deadline = self.core.next_deadline()
-            self._wake = trio.Event()
-            wake_at = self.clock.trio_time(deadline) if deadline is not None else float("inf")
-            with trio.move_on_at(min(wake_at, self._lease_deadline())):
-                await self._wake.wait()
-            self._end_orphans()
-            self.core.advance(max(self.clock.now_ns(), self.core.now))
-            self._dispatch()
+        alarm = _clock_alarm()
+        try:
+            while True:
+                if alarm is None:
+                    with trio.CancelScope(deadline=self._wake_at()) as scope:
+                        self._sleep = scope
+                        await trio.sleep_forever()
+                else:
+                    alarm.deadline = self._wake_at()
+                    self._sleep = alarm
+                    await alarm.wait()
+                self._sleep = None
+                self._end_orphans()
+                self.core.advance(max(self.clock.now_ns(), self.core.now))
+                self._dispatch()
+        finally:
+            self._sleep = None
+
+    def _wake_at(self) -> float:
+        """Trio time the timer task must wake at: the next herald, or an orphan's lease."""
+        deadline = self.core.next_deadline()
+        memo = self._wake_memo
+        if deadline != memo[0]:
+            at = self.clock.trio_time(deadline) if deadline is not None else math.inf
+            memo = self._wake_memo = (deadline, at)
+        return min(memo[1], self._lease_deadline()) if self._orphans else memo[1]
+
+    def _reschedule(self) -> None:
+        sleep = self._sleep
+        if sleep is not None:
+            at = self._wake_at()
+            if at != sleep.deadline:
+                sleep.deadline = at
 
     def _now(self) -> int:
         # Physical time never runs backwards even if the float conversion wobbles.
@@ -89,13 +141,17 @@ class ChannelServer:
     def _dispatch(self) -> None:
         for event in self.core.pop_events():
             session = self._by_node.get(event.node)
-            if session is not None:
+            if session is None:
+                continue
+            if session.local is not None:
+                session.local(event)
+            else:
                 session.send.send_nowait(wire.herald_to_wire(event))
 
     def _after_request(self) -> None:
         """Deliver what the request caused and let the timer pick up a new schedule."""
         self._dispatch()
-        self._wake.set()
+        self._reschedule()
 
     def _session(self, token: str) -> _Session:
         session = self._sessions.get(token)
@@ -143,6 +199,8 @@ class ChannelServer:
         )
         session.send.send_nowait(ended)
         session.send.close()
+        if session.local is not None:
+            session.local(None)
 
     def end_session(self, token: str, reason: str) -> None:
         """End a session and forget its node: generation stops, its qubits are freed, its
@@ -250,20 +308,26 @@ class ChannelServer:
 
     async def execute(self, req: pb.ExecuteRequest) -> pb.ExecuteResponse:
         check_version(req)
-        node = self._session(req.session).node
-        if len(req.ops) > MAX_OPERATIONS:
-            raise InvalidArgument(
-                f"{len(req.ops)} operations in one request; at most {MAX_OPERATIONS}"
-            )
+        return self.run_operations(req.session, req.ops)
+
+    def run_operations(self, token: str, ops: Sequence[pb.Operation]) -> pb.ExecuteResponse:
+        """``execute`` for a caller in this process (``qnet.sim``): the session's token and
+        the operations themselves, without a request around them."""
+        node = self._session(token).node
+        if len(ops) > MAX_OPERATIONS:
+            raise InvalidArgument(f"{len(ops)} operations in one request; at most {MAX_OPERATIONS}")
         now = self._now()
         resp = pb.ExecuteResponse(protocol_version=PROTOCOL_VERSION)
+        results = resp.results
         try:
-            for op in req.ops:
-                resp.results.append(self._run_op(node, op, now))
+            for op in ops:
+                # Filled in place: appending a finished result would copy it.
+                self._run_op(node, op, now, results.add())
         except QnetError as exc:
+            del results[-1]  # the failed operation's
             resp.failure.CopyFrom(
                 pb.OperationFailure(
-                    index=len(resp.results), error_type=type(exc).__name__, message=str(exc)
+                    index=len(results), error_type=type(exc).__name__, message=str(exc)
                 )
             )
         self._after_request()
@@ -280,17 +344,18 @@ class ChannelServer:
             assert isinstance(req, pb.ExecuteRequest)
             yield await self.execute(req)
 
-    def _run_op(self, node: str, op: pb.Operation, now: int) -> pb.OperationResult:
+    def _run_op(self, node: str, op: pb.Operation, now: int, result: pb.OperationResult) -> None:
         core = self.core
         kind = op.WhichOneof("op")
         if kind == "gate":
             g = op.gate
             core.apply_gate(node, wire.gate_from_wire(g.gate), list(g.qubits), g.angle, now)
-            return pb.OperationResult()
+            return
         if kind == "measure":
             m = op.measure
             basis = wire.basis_from_wire(m.basis)
-            return pb.OperationResult(outcome=core.measure(node, m.qubit, basis, now, keep=m.keep))
+            result.outcome = core.measure(node, m.qubit, basis, now, keep=m.keep)
+            return
         if kind == "arm":
             a = op.arm
             qubits = list(a.qubits)
@@ -304,21 +369,25 @@ class ChannelServer:
                 if a.allocate:
                     core.free(node, qubits[len(a.qubits) :], now)  # never leak what we took
                 raise
-            return pb.OperationResult(qubits=qubits)
+            result.qubits.extend(qubits)
+            return
         if kind == "disarm":
             d = op.disarm
             disarmed = core.stop_generation(node, d.peer, now)
             if d.free and disarmed:
                 core.free(node, disarmed, now)
-            return pb.OperationResult(qubits=disarmed)
+            result.qubits.extend(disarmed)
+            return
         if kind == "free":
             core.free(node, list(op.free.qubits), now)
-            return pb.OperationResult()
+            return
         if kind == "allocate":
-            return pb.OperationResult(qubits=core.allocate(node, op.allocate.count, now))
+            result.qubits.extend(core.allocate(node, op.allocate.count, now))
+            return
         if kind == "bell_measure":
             b = op.bell_measure
-            return pb.OperationResult(outcome=core.bell_measure(node, b.qubit_a, b.qubit_b, now))
+            result.outcome = core.bell_measure(node, b.qubit_a, b.qubit_b, now)
+            return
         raise InvalidArgument("an operation must set one of its kinds")
 
     async def events(self, req: pb.EventsRequest) -> AsyncGenerator[pb.Event, None]:
@@ -344,7 +413,42 @@ class ChannelServer:
             if not session.ended:
                 session.orphaned_at = trio.current_time()
                 self._orphans.add(session)
-                self._wake.set()
+                self._reschedule()
+
+    def stream_locally(
+        self, token: str, push: Callable[[HeraldEvent | None], None]
+    ) -> Callable[[], None]:
+        """The session's event stream for a node in this process (``qnet.sim``): as
+        ``events``, without the wire. ``push`` takes each herald as the core made it, and
+        None when the session ends; what queued while no stream was open comes first.
+        Returns the call that closes the stream (the session is then an orphan, as when an
+        ``events`` stream closes)."""
+        session = self._session(token)
+        if session.streaming:
+            raise AlreadyExists(f"an event stream is already open for node {session.node}")
+        session.streaming = True
+        session.orphaned_at = None
+        self._orphans.discard(session)
+        while True:
+            try:
+                queued = session.recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if queued.HasField("herald"):
+                push(wire.herald_from_wire(session.node, queued))
+            elif queued.HasField("session_ended"):
+                push(None)
+        session.local = push
+
+        def close() -> None:
+            session.local = None
+            session.streaming = False
+            if not session.ended:
+                session.orphaned_at = trio.current_time()
+                self._orphans.add(session)
+                self._reschedule()
+
+        return close
 
     async def now(self, req: pb.NowRequest) -> pb.NowResponse:
         check_version(req)

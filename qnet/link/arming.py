@@ -39,7 +39,9 @@ def update(core: EgpCore, now: int) -> None:
     # Back-pressure: pairs held for the peer's instructions or a purification partner,
     # and halves the layer above has not freed, count against memory, so stop arming
     # rather than run into the backend's NoMemory.
-    held = len(core.pairs) + sum(len(r.ready) for r in core._live.values())
+    held = len(core.pairs)
+    for r in core._live.values():
+        held += len(r.ready)
     upper = 0 if core._upper_held is None else core._upper_held + core._unreported
     held += upper
     room = core.config.local.memory_qubits - held - core._armed - core._elsewhere

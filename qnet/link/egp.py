@@ -130,6 +130,8 @@ class Pair:
     #: (time, the ``rho`` it was computed from, ``rho`` aged to that time): offering and
     #: delivering a pair both need it, at the same instant.
     aged: tuple[int, Matrix, Matrix] | None = None
+    #: The same for the aged state's Bell coefficients (``EgpCore._weights``).
+    weights: tuple[int, Matrix, estimate.BellWeights] | None = None
 
 
 class EgpCore:
@@ -309,36 +311,40 @@ class EgpCore:
         arming.update(self, now)
         return True
 
-    def set_upper_held(self, count: int, now: int) -> None:
+    def set_upper_held(self, count: int, now: int) -> bool:
         """How many KEEP halves this core delivered that the layer above still holds (not yet
         measured or freed), counting every OK it has taken from ``pop_outputs``. They fill
         the same memory, so arming counts them: a user that never frees stops the link
         (back-pressure, then NO_MEMORY), and freeing resumes it. From the first report on,
         each KEEP half delivered counts as held until the next report; a layer above that
-        never reports is not counted (its frees show up as allocations failing or not)."""
+        never reports is not counted (its frees show up as allocations failing or not).
+        True if that changed anything (outputs, or the next deadline, may have)."""
         if not isinstance(count, int) or count < 0:
             raise InvalidArgument(f"held qubits must be an integer ≥ 0, got {count!r}")
         if count == self._upper_held and not self._unreported:
-            return  # nothing new: the common case when a node re-reports after every input
+            return False  # nothing new: the common case when a node re-reports after every input
         self._tick(now)
         if self._upper_held is not None and count < self._upper_held + self._unreported:
             self._arm_blocked_until = -1  # room again: arm now, not after the back-off
         self._upper_held = count
         self._unreported = 0
         arming.update(self, now)
+        return True
 
-    def set_memory_elsewhere(self, count: int, now: int) -> None:
+    def set_memory_elsewhere(self, count: int, now: int) -> bool:
         """Qubits of this node in use outside this core (other links, other layers): the
         node's memory is shared, so arming counts them too rather than run into the
-        backend's NoMemory. Room that grows is used at once."""
+        backend's NoMemory. Room that grows is used at once. True if that changed
+        anything (outputs, or the next deadline, may have)."""
         if count == self._elsewhere:
-            return
+            return False
         if count < self._elsewhere:
             self._arm_blocked_until = -1
             self._elsewhere = count
             arming.update(self, now)
-        else:
-            self._elsewhere = count
+            return True
+        self._elsewhere = count
+        return False
 
     @property
     def has_outputs(self) -> bool:
@@ -347,9 +353,12 @@ class EgpCore:
     def memory_used(self) -> int:
         """Qubits of the node this core accounts for: armed, held for the peer or a partner,
         OKs not yet delivered, and halves the layer above still holds."""
-        held = len(self.pairs) + sum(len(r.ready) for r in self._live.values())
-        upper = 0 if self._upper_held is None else self._upper_held + self._unreported
-        return held + upper + self._armed
+        held = len(self.pairs) + self._armed
+        for r in self._live.values():
+            held += len(r.ready)
+        if self._upper_held is not None:
+            held += self._upper_held + self._unreported
+        return held
 
     # -- the peer's daemon -----------------------------------------------------------------------
 
@@ -523,15 +532,28 @@ class EgpCore:
         arming.update(self, now)
 
     def next_deadline(self) -> int | None:
-        times = [self._sender.next_deadline()]
+        best = self._sender.next_deadline()
         if self.is_master:
-            times += [r.deadline_ns for r in self._live.values() if r.open]
-        if self._armed < self.config.pipeline and self._head() is not None:
-            times.append(self._arm_blocked_until)
-        times += self._herald_due.values()
+            for r in self._live.values():
+                t = r.deadline_ns
+                if t is not None and t >= 0 and r.open and (best is None or t < best):
+                    best = t
+        t = self._arm_blocked_until
+        if (
+            t >= 0
+            and (best is None or t < best)
+            and self._armed < self.config.pipeline
+            and self._head() is not None
+        ):
+            best = t
+        for t in self._herald_due.values():
+            if t >= 0 and (best is None or t < best):
+                best = t
         if self._acks:
-            times.append(self._acks[0][1] + self.config.ack_delay_ns)
-        return min((t for t in times if t is not None and t >= 0), default=None)
+            t = self._acks[0][1] + self.config.ack_delay_ns
+            if t >= 0 and (best is None or t < best):
+                best = t
+        return best
 
     def pop_outputs(self) -> list[Output]:
         out, self._out = self._out, []
@@ -650,7 +672,20 @@ class EgpCore:
             pair.times = (pair.emitted_ns, pair.emitted_ns)
 
     def _estimate(self, pair: Pair, now: int) -> float:
-        return estimate.pair_fidelity(self._aged(pair, now), pair.bell_index)
+        return self._weights(pair, now)[pair.bell_index]
+
+    def _weights(self, pair: Pair, now: int) -> estimate.BellWeights:
+        """The Bell coefficients of the pair's predicted state at ``now``."""
+        rho = pair.rho
+        assert rho is not None
+        memo = pair.weights
+        if memo is not None and memo[0] == now and memo[1] is rho:
+            return memo[2]
+        weights = estimate.aged_weights(rho, self.nodes, (now - pair.times[0], now - pair.times[1]))
+        if weights is None:
+            weights = estimate.bell_coefficients(self._aged(pair, now))
+        pair.weights = (now, rho, weights)
+        return weights
 
     def _aged(self, pair: Pair, now: int) -> Matrix:
         """The pair's predicted state at ``now``."""
@@ -684,7 +719,7 @@ class EgpCore:
         outcome: int | None,
         basis: Basis | None,
     ) -> PairOk:
-        weights = estimate.bell_coefficients(self._aged(pair, now))
+        weights = self._weights(pair, now)
         return PairOk(
             origin=req.key[0],
             create_id=req.key[1],

@@ -94,7 +94,11 @@ class ReliableSender:
         return out
 
     def next_deadline(self) -> int | None:
-        return min((e.due_ns for e in self._pending.values()), default=None)
+        best: int | None = None
+        for entry in self._pending.values():  # a plain loop: read after every input
+            if best is None or entry.due_ns < best:
+                best = entry.due_ns
+        return best
 
     def forget_all(self) -> None:
         """Stop retransmitting everything (the receiver is gone)."""

@@ -115,7 +115,9 @@ class Request:
 
     @property
     def open(self) -> bool:
-        return self.state not in TERMINAL
+        # Not in TERMINAL, by identity: read on every input, and enum hashing is slow.
+        state = self.state
+        return state is ReqState.QUEUED or state is ReqState.ACTIVE
 
     def consume(self, seq: int) -> None:
         self.seq_first = seq if self.seq_first < 0 else min(self.seq_first, seq)

@@ -33,7 +33,7 @@ that arrive before their pair are kept until it arrives (or they go stale).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from qnet.errors import InvalidArgument, NoMemory, QnetError
@@ -139,6 +139,8 @@ class CircuitCore:
         self._next_label = NETWORK_PURPOSE_BASE
         self._next_tag = 1
         self.reserved = 0
+        #: ``reserved_by_link`` as of the last change of circuits (None: to compute).
+        self._reserved_by_link: dict[str, int] | None = None
         self.counters: dict[str, int] = {
             "swaps": 0,
             "delivered": 0,
@@ -423,9 +425,9 @@ class CircuitCore:
     def next_deadline(self) -> int | None:
         best: int | None = None
         for c in self._circuits.values():
-            for d in self._deadlines(c):
-                if best is None or d < best:
-                    best = d
+            d = self._earliest(c)
+            if d is not None and (best is None or d < best):
+                best = d
         return best
 
     def pop_outputs(self) -> list[Output]:
@@ -454,16 +456,19 @@ class CircuitCore:
                 held[c.down_peer] = held.get(c.down_peer, 0) + count
         return held
 
-    def reserved_by_link(self) -> dict[str, int]:
+    def reserved_by_link(self) -> Mapping[str, int]:
         """Memory reserved here at setup, by the neighbour whose link the circuits use: a
-        circuit's reservation split evenly between its sides."""
-        reserved: dict[str, int] = {}
-        for c in self._circuits.values():
-            sides = [p for p in (c.up_peer, c.down_peer) if p is not None]
-            if not c.reserved or not sides:
-                continue
-            for peer in sides:
-                reserved[peer] = reserved.get(peer, 0) + c.reserved // len(sides)
+        circuit's reservation split evenly between its sides. (Computed when a circuit
+        comes or goes, not on every call: the node reads it after every input.)"""
+        reserved = self._reserved_by_link
+        if reserved is None:
+            reserved = self._reserved_by_link = {}
+            for c in self._circuits.values():
+                sides = [p for p in (c.up_peer, c.down_peer) if p is not None]
+                if not c.reserved or not sides:
+                    continue
+                for peer in sides:
+                    reserved[peer] = reserved.get(peer, 0) + c.reserved // len(sides)
         return reserved
 
     def owns_purpose(self, purpose: int) -> bool:
@@ -779,22 +784,28 @@ class CircuitCore:
             if until <= now:
                 del c.tracks[seq]
 
-    def _deadlines(self, c: Circuit) -> Iterable[int]:
-        if c.setup_deadline is not None:
-            yield c.setup_deadline
+    def _earliest(self, c: Circuit) -> int | None:
+        """The circuit's next deadline (the node reads it after every input, so it is
+        worked out with plain loops)."""
+        best = c.setup_deadline
         if c.phase is not Phase.OPEN:
-            return
-        if c.retry_at is not None:
-            yield c.retry_at
+            return best
+        if c.retry_at is not None and (best is None or c.retry_at < best):
+            best = c.retry_at
         limit = c.cutoff_ns if c.role is Role.MID else self._stale_ns(c)
         for pairs in (c.up_pairs, c.down_pairs):
-            if pairs:
-                yield min(p.time_ns for p in pairs.values()) + limit
+            for p in pairs.values():
+                d = p.time_ns + limit
+                if best is None or d < best:
+                    best = d
         for doomed in c.doomed.values():
-            if doomed:
-                yield min(doomed.values())
-        if c.tracks:
-            yield min(until for _, until in c.tracks.values())
+            for d in doomed.values():
+                if best is None or d < best:
+                    best = d
+        for _, until in c.tracks.values():
+            if best is None or until < best:
+                best = until
+        return best
 
     def _stale_ns(self, c: Circuit) -> int:
         return max(c.cutoff_ns, 1) * self.config.stale_cutoffs
@@ -833,6 +844,7 @@ class CircuitCore:
         self._circuits.pop(c.id, None)
         self.reserved -= c.reserved
         c.reserved = 0
+        self._reserved_by_link = None
         if c.label is not None:
             self._by_label.pop(c.label, None)
         if c.up_peer is not None and c.up_label is not None:
@@ -857,6 +869,7 @@ class CircuitCore:
     def _add(self, c: Circuit) -> None:
         self._circuits[c.id] = c
         self.reserved += c.reserved
+        self._reserved_by_link = None
         if c.up_peer is not None and c.up_label is not None:
             self._by_up[(c.up_peer, c.up_label)] = c.id
 

@@ -126,18 +126,19 @@ class Circuit:
     #: The ends (``Role.HEAD``/``Role.TAIL``) that hold the circuit paused, as this node last
     #: heard: it makes no link requests for the circuit while any does.
     paused_by: set[Role] = field(default_factory=set)
+    #: The neighbours towards the head and towards the tail (None at an end): fixed by
+    #: ``path`` and ``position``, and read on every input, so kept rather than derived.
+    up_peer: str | None = field(init=False)
+    down_peer: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.up_peer = self.path[self.position - 1] if self.position > 0 else None
+        last = self.position + 1 >= len(self.path)
+        self.down_peer = None if last else self.path[self.position + 1]
 
     @property
     def paused(self) -> bool:
         return bool(self.paused_by)
-
-    @property
-    def up_peer(self) -> str | None:
-        return self.path[self.position - 1] if self.position > 0 else None
-
-    @property
-    def down_peer(self) -> str | None:
-        return self.path[self.position + 1] if self.position + 1 < len(self.path) else None
 
     def pairs(self, side: Side) -> dict[int, HeldPair]:
         return self.up_pairs if side is Side.UP else self.down_pairs

@@ -24,8 +24,8 @@ frees: the node's share-out of memory does not yet guarantee each working link o
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import trio
@@ -64,17 +64,34 @@ class CommandQueue:
         self._owner = owner
 
     def send_nowait(self, cmd: PhysicalCommand) -> None:
-        self._executor._send.send_nowait((self._owner, cmd))
+        executor = self._executor
+        executor._queue.append((self._owner, cmd))
+        waiter = executor._waiter
+        if waiter is not None:
+            executor._waiter = None
+            trio.lowlevel.reschedule(waiter)
 
 
 class NodeExecutor:
-    def __init__(self, node: str, channel: ChannelAccess, now: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        node: str,
+        channel: ChannelAccess,
+        now: Callable[[], int],
+        *,
+        settle: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
         self.node = node
         self.channel = channel
         self._now = now
-        self._send, self._recv = trio.open_memory_channel[tuple[CommandOwner, PhysicalCommand]](
-            math.inf
-        )
+        #: Wraps the owners' ``after_batch`` calls of a batch: the node settles what they all
+        #: changed once, at the end, rather than after each.
+        self._settle = settle
+        #: Commands queued since the running batch was taken. A plain list and a parked task
+        #: rather than a memory channel: a command costs an append, and a wake-up is one
+        #: reschedule of the task.
+        self._queue: list[tuple[CommandOwner, PhysicalCommand]] = []
+        self._waiter: trio.lowlevel.Task | None = None
         self._first: CommandOwner | None = None
 
     def queue(self, owner: CommandOwner, *, first: bool = False) -> CommandQueue:
@@ -83,14 +100,31 @@ class NodeExecutor:
             self._first = owner
         return CommandQueue(self, owner)
 
+    async def _next_batch(self) -> list[tuple[CommandOwner, PhysicalCommand]]:
+        """Everything queued, once there is something. A step of the task passes first
+        either way, so that what other tasks queue at this instant joins the batch."""
+        if self._queue:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        batch, self._queue = self._queue, []
+        return batch
+
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._waiter = None
+
+    async def _serve(self) -> None:
         while True:
-            batch = [await self._recv.receive()]
-            while True:
-                try:
-                    batch.append(self._recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            batch = await self._next_batch()
             # The circuits' commands go first (see the module's docstring).
             batch.sort(key=lambda entry: entry[0] is not self._first)
             error: QnetError | None = None
@@ -102,8 +136,9 @@ class NodeExecutor:
             by_owner: dict[int, tuple[CommandOwner, list[PhysicalCommand]]] = {}
             for owner, cmd in batch:
                 by_owner.setdefault(id(owner), (owner, []))[1].append(cmd)
-            for owner, cmds in by_owner.values():
-                owner.after_batch(cmds, error)
+            with self._settle() if self._settle is not None else nullcontext():
+                for owner, cmds in by_owner.values():
+                    owner.after_batch(cmds, error)
 
     async def _run_batch(self, batch: list[tuple[CommandOwner, PhysicalCommand]]) -> None:
         ops: list[pb.Operation] = []

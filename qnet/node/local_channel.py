@@ -1,13 +1,17 @@
 """In-process access to a channel backend: the Channel API handlers called directly.
 
 ``qnet.sim`` uses this in place of gRPC: the same ``ChannelServer`` (sessions, herald timer,
-event queues) and the same request messages, without sockets or threads.
+event queues) and the same request messages, without sockets or threads. Heralds come straight
+from the server's dispatch (``ChannelServer.stream_locally``), not as wire events.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
+
+import trio
 
 from qnet.channel import wire
 from qnet.channel.client import LinkTheory
@@ -116,9 +120,7 @@ class LocalSession:
         return list(resp.disarmed)
 
     async def execute(self, ops: Sequence[pb.Operation]) -> pb.ExecuteResponse:
-        return await self.server.execute(
-            pb.ExecuteRequest(protocol_version=V, session=self.token, ops=ops)
-        )
+        return self.server.run_operations(self.token, ops)
 
     def close(self, reason: str = "the node stopped") -> None:
         """End this session at the backend (its qubits are freed); the node must register
@@ -127,6 +129,47 @@ class LocalSession:
 
     @asynccontextmanager
     async def heralds(self) -> AsyncGenerator[AsyncIterator[HeraldEvent], None]:
-        events = self.server.events(pb.EventsRequest(protocol_version=V, session=self.token))
-        async with aclosing(events) as stream:
-            yield await wire.heralds_after_subscription(self.node, stream)
+        stream = _HeraldStream()
+        close = self.server.stream_locally(self.token, stream.push)
+        try:
+            yield stream
+        finally:
+            close()
+
+
+class _HeraldStream:
+    """The heralds the server pushes, as an async iterator that returns at once while any
+    are queued: the node takes all the heralds of an instant in one step of its task, and
+    a herald costs no protobuf message either way."""
+
+    def __init__(self) -> None:
+        self._queued: deque[HeraldEvent] = deque()
+        self._ended = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def push(self, event: HeraldEvent | None) -> None:
+        """A herald, or None: the session ended (the iteration stops after the queue)."""
+        if event is None:
+            self._ended = True
+        else:
+            self._queued.append(event)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    def __aiter__(self) -> _HeraldStream:
+        return self
+
+    async def __anext__(self) -> HeraldEvent:
+        while not self._queued:
+            if self._ended:
+                raise StopAsyncIteration
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        return self._queued.popleft()

@@ -4,9 +4,11 @@ Each directed link is a delay line: what a node sends in one go travels as one b
 delivered ``length / c`` of physical time later, in order. Optional loss and duplication
 (seeded) exercise the protocols' recovery in tests.
 
-Each node's light in flight, over all its links, waits in one heap drained by one task, which
-sleeps until the earliest arrival: sending moves that wake-up earlier when needed (a cancel
-scope's deadline can be changed from outside), so a batch costs one task step, on arrival.
+All light in flight, over every link, waits in one heap drained by one task (``run``, which
+``qnet.sim`` starts with the network), which sleeps until the earliest arrival: sending moves
+that wake-up earlier when needed (a cancel scope's deadline can be changed from outside). What
+arrives at one instant is delivered in one step of that task, whichever nodes sent it, and a
+node's batches from one neighbour that arrive together are handed over as one.
 
 A node is reachable while its transport runs. When it stops (``qnet.sim`` stops a node), what
 it had in flight is lost, messages arriving for it are dropped, and its neighbours' transports
@@ -22,7 +24,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 import trio
 
@@ -33,13 +35,21 @@ from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
 
 
-@dataclass
-class _Outbox:
-    """One node's light in flight: (arrival, order sent, destination, batch), earliest first."""
+class _Sleep(Protocol):
+    """What a timer task sleeps on: a cancel scope, or the clock's alarm (``qnet.sim``'s
+    ``JumpClock`` keeps cheaper ones); setting ``deadline`` moves the wake-up."""
 
-    heap: list[tuple[float, int, str, list[WireMessage]]] = field(default_factory=list)
-    #: The delivery task's sleep while it runs (its deadline is the earliest arrival).
-    sleep: trio.CancelScope | None = None
+    deadline: float
+
+
+class _Alarm(_Sleep, Protocol):
+    async def wait(self) -> None: ...
+
+
+def _clock_alarm() -> _Alarm | None:
+    """An alarm of the running trio clock if it keeps any (``qnet.sim.JumpClock``)."""
+    make = getattr(trio.lowlevel.current_clock(), "alarm", None)
+    return None if make is None else cast(_Alarm, make())
 
 
 class MemoryNetwork:
@@ -60,7 +70,12 @@ class MemoryNetwork:
         self.rng = random.Random(seed)
         #: Light delay in trio seconds of each direction of each link.
         self._lines: dict[tuple[str, str], float] = {}
-        self._outboxes: dict[str, _Outbox] = {}
+        #: Light in flight: (arrival, order sent, source, its incarnation, destination, batch).
+        self._heap: list[tuple[float, int, str, int, str, list[WireMessage]]] = []
+        #: The delivery task's sleep while it sleeps (its deadline is the earliest arrival).
+        self._sleep: _Sleep | None = None
+        #: Bumped when a node stops: its light still in flight is lost with it.
+        self._incarnation: dict[str, int] = {}
         self._order = itertools.count()
         self._deliver: dict[str, Deliver] = {}
         self._link_changed: dict[str, LinkChanged] = {}
@@ -95,7 +110,7 @@ class MemoryNetwork:
     def _detach(self, node: str) -> None:
         self._deliver.pop(node, None)
         self._link_changed.pop(node, None)
-        self._outbox(node).heap.clear()  # its light in flight is lost with it
+        self._incarnation[node] = self._incarnation.get(node, 0) + 1
         if node in self._silent:
             self._silent.discard(node)
         else:
@@ -112,45 +127,78 @@ class MemoryNetwork:
                 if peer in self._deliver:
                     changed(peer, True)
 
-    def _outbox(self, node: str) -> _Outbox:
-        box = self._outboxes.get(node)
-        if box is None:
-            box = self._outboxes[node] = _Outbox()
-        return box
-
     def _send(self, src: str, dst: str, messages: Sequence[WireMessage]) -> None:
         delay = self._lines.get((src, dst))
         if delay is None:
             return  # no such link: like light into an unconnected fibre
-        kept = [m for m in messages if not (self.loss and self.rng.random() < self.loss)]
-        if self.duplicate:
-            kept += [m for m in kept if self.rng.random() < self.duplicate]
+        if self.loss or self.duplicate:
+            kept = [m for m in messages if not (self.loss and self.rng.random() < self.loss)]
+            if self.duplicate:
+                kept += [m for m in kept if self.rng.random() < self.duplicate]
+        else:
+            kept = list(messages)
         if kept:
-            box = self._outbox(src)
             due = trio.current_time() + delay
-            heapq.heappush(box.heap, (due, next(self._order), dst, kept))
-            if box.sleep is not None and due < box.sleep.deadline:
-                box.sleep.deadline = due
+            entry = (due, next(self._order), src, self._incarnation.get(src, 0), dst, kept)
+            heapq.heappush(self._heap, entry)
+            sleep = self._sleep
+            if sleep is not None and due < sleep.deadline:
+                sleep.deadline = due
 
-    async def _run_outbox(self, src: str) -> None:
-        box = self._outbox(src)
-        heap = box.heap
+    async def run(self) -> None:
+        """Deliver the light in flight as it arrives; runs until cancelled."""
+        heap = self._heap
+        alarm = _clock_alarm()
         try:
             while True:
-                with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as box.sleep:
-                    await trio.sleep_forever()
-                box.sleep = None
-                now = trio.current_time()
-                while heap and heap[0][0] <= now:
-                    _, _, dst, batch = heapq.heappop(heap)
-                    deliver = self._deliver.get(dst)
-                    if deliver is not None:
-                        self.batches += 1
-                        self.messages += len(batch)
-                        self.by_layer.update(layer_of(m) for m in batch)
-                        deliver(src, batch)
+                at = heap[0][0] if heap else math.inf
+                if alarm is None:
+                    with trio.CancelScope(deadline=at) as scope:
+                        self._sleep = scope
+                        await trio.sleep_forever()
+                else:
+                    alarm.deadline = at
+                    self._sleep = alarm
+                    await alarm.wait()
+                self._sleep = None
+                self._arrive(trio.current_time())
         finally:
-            box.sleep = None
+            self._sleep = None
+
+    def _arrive(self, now: float) -> None:
+        heap = self._heap
+        # dst → src → messages, in order of first arrival: a node takes what each
+        # neighbour's light brought at this instant in one go.
+        arrived: dict[str, dict[str, list[WireMessage]]] = {}
+        while heap and heap[0][0] <= now:
+            _, _, src, incarnation, dst, batch = heapq.heappop(heap)
+            if incarnation != self._incarnation.get(src, 0):
+                continue  # sent by a node that has stopped since
+            by_src = arrived.setdefault(dst, {})
+            got = by_src.get(src)
+            if got is None:
+                by_src[src] = batch
+            else:
+                got.extend(batch)
+        layers = self.by_layer
+        for dst, by_src in arrived.items():
+            for src, batch in by_src.items():
+                deliver = self._deliver.get(dst)
+                if deliver is None:
+                    continue
+                self.batches += 1
+                self.messages += len(batch)
+                for message in batch:
+                    kind = type(message)
+                    layer = _LAYERS.get(kind)
+                    if layer is None:
+                        layer = _LAYERS[kind] = layer_of(message)
+                    layers[layer] += 1
+                deliver(src, batch)
+
+
+#: The layer of each message class (``layer_of`` looks it up by name; this is its memo).
+_LAYERS: dict[type, Layer] = {}
 
 
 class MemoryTransport:
@@ -170,11 +218,9 @@ class MemoryTransport:
     ) -> None:
         net = self.network
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(net._run_outbox, self.node)
-                net._attach(self.node, deliver, link_changed)
-                task_status.started()
-                await trio.sleep_forever()
+            net._attach(self.node, deliver, link_changed)
+            task_status.started()
+            await trio.sleep_forever()
         finally:
             net._detach(self.node)
 

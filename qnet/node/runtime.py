@@ -19,10 +19,11 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -66,6 +67,23 @@ from qnet.topology import Topology
 from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.node")
+
+
+class _Sleep(Protocol):
+    """What a timer task sleeps on: a cancel scope, or the clock's alarm (``qnet.sim``'s
+    ``JumpClock`` keeps cheaper ones); setting ``deadline`` moves the wake-up."""
+
+    deadline: float
+
+
+class _Alarm(_Sleep, Protocol):
+    async def wait(self) -> None: ...
+
+
+def _clock_alarm() -> _Alarm | None:
+    """An alarm of the running trio clock if it keeps any (``qnet.sim.JumpClock``)."""
+    make = getattr(trio.lowlevel.current_clock(), "alarm", None)
+    return None if make is None else cast(_Alarm, make())
 
 
 @dataclass
@@ -127,10 +145,19 @@ class NodeRuntime:
         self._latency_ns = latency_ns
         self._seed = seed
         self._links: dict[str, _Link] = {}
-        self._wake = trio.Event()
-        #: Physical time the timer task sleeps until (None: until woken).
+        #: Each core's next deadline as last read (absent: none), keyed by the peer of a
+        #: link core or by the network-layer driver; ``_timers`` sleeps until the earliest.
+        self._due: dict[object, int] = {}
+        #: The timer task's sleep while it sleeps, and the physical time it sleeps until
+        #: (None: no deadline). A core whose deadline changes moves the sleep's deadline,
+        #: earlier or later, rather than wake the task: the task wakes only when a timer is
+        #: due, not to re-read deadlines, nor for one that has since gone (an acknowledged
+        #: retransmission).
+        self._sleep: _Sleep | None = None
         self._sleep_until: int | None = None
         self._balancing = False
+        #: Inputs being handled (``_balance_memory`` waits for the outermost to end).
+        self._holding = 0
         #: KEEP halves link-layer clients hold, per link (``set_upper_held``).
         self._client_held: dict[str, int] = {}
         self._upper_reported: set[str] = set()
@@ -144,7 +171,7 @@ class NodeRuntime:
         self.ready = trio.Event()
         #: Messages from neighbours refused here or by a link core (routing counts its own).
         self.protocol_errors = 0
-        self._executor = NodeExecutor(name, channel, self.now)
+        self._executor = NodeExecutor(name, channel, self.now, settle=self._one_input)
         # Routing and circuits send through the link layers' acknowledgement carrier.
         carrier = _AckCarrier(transport, self)
         self.routing = NodeRouting(
@@ -152,7 +179,7 @@ class NodeRuntime:
             topology,
             carrier,
             clock,
-            on_output=self._poke,
+            on_output=lambda: self._set_due(self.routing, self.routing.next_deadline()),
             on_neighbour=self._neighbour_changed,
         )
         self.circuits = NodeCircuits(
@@ -165,14 +192,18 @@ class NodeRuntime:
             create=self.create,
             cancel=self.cancel,
             config=CircuitConfig(latency_ns=latency_ns),
-            on_output=self._poke,
+            on_output=lambda: self._set_due(self.circuits, self.circuits.next_deadline()),
         )
         self.circuits.listeners.append(self._balance_memory)
         self.datagrams = DatagramCore(name, lambda destination: self.route(destination).next_hop)
         self._datagram_listeners: dict[int, trio.MemorySendChannel[DatagramReceived]] = {}
         #: The transport layer's driver (connections between ports of any two nodes).
         self.transport_layer = NodeTransport(
-            self, close_circuit=self.circuits.close, on_output=self._poke
+            self,
+            close_circuit=self.circuits.close,
+            on_output=lambda: self._set_due(
+                self.transport_layer, self.transport_layer.next_deadline()
+            ),
         )
         self.circuits.claim_incoming(
             self.transport_layer.claims, self.transport_layer.take_incoming
@@ -184,6 +215,8 @@ class NodeRuntime:
             CircuitMessage: self.circuits.on_messages,
             DatagramMessage: self._on_datagrams,
         }
+        #: Message class → the family in ``_handlers`` it belongs to (found once per class).
+        self._families: dict[type, type] = {}
 
     # -- public --------------------------------------------------------------------------
 
@@ -449,15 +482,25 @@ class NodeRuntime:
             )
             return
         by_family: dict[type, list[WireMessage]] = {}
+        families = self._families
         for msg in messages:
-            base = next((b for b in self._handlers if isinstance(msg, b)), None)
+            kind = type(msg)
+            base = families.get(kind)
             if base is None:
-                self.protocol_errors += 1
-                log.warning("%s: no core here takes %s", self.name, type(msg).__name__)
-                continue
+                base = next((b for b in self._handlers if issubclass(kind, b)), None)
+                if base is None:
+                    self.protocol_errors += 1
+                    log.warning("%s: no core here takes %s", self.name, kind.__name__)
+                    continue
+                families[kind] = base
             by_family.setdefault(base, []).append(msg)
-        for base, batch in by_family.items():
-            self._handlers[base](sender, batch)
+        self._holding += 1
+        try:
+            for base, batch in by_family.items():
+                self._handlers[base](sender, batch)
+        finally:
+            self._holding -= 1
+        self._balance_memory()
 
     def _on_link_messages(self, sender: str, messages: list[PeerMessage]) -> None:
         link = self._links[sender]
@@ -491,60 +534,85 @@ class NodeRuntime:
     def _neighbour_changed(self, peer: str, up: bool) -> None:
         self.circuits.link_changed(peer, up)
 
-    def _poke(self) -> None:
-        """Routing or circuits changed: wake the timer task if they now need it sooner."""
-        self._note_deadline(self.routing.next_deadline())
-        self._note_deadline(self.circuits.next_deadline())
-        self._note_deadline(self.transport_layer.next_deadline())
+    def _set_due(self, key: object, deadline: int | None) -> None:
+        """``key``'s core now has ``deadline`` (None: none): move the timer task's wake-up
+        if the earliest deadline changed. While the task runs it re-reads every core's
+        deadline itself before it sleeps again."""
+        due = self._due
+        if deadline is None:
+            if due.pop(key, None) is None:
+                return
+        elif due.get(key) == deadline:
+            return
+        else:
+            due[key] = deadline
+        sleep = self._sleep
+        if sleep is None:
+            return
+        first = min(due.values()) if due else None
+        if first != self._sleep_until:
+            self._sleep_until = first
+            sleep.deadline = math.inf if first is None else self.clock.trio_time(first)
 
-    def _note_deadline(self, deadline: int | None) -> None:
-        """Wake the timer task only for a deadline before the one it sleeps until: most
-        inputs move no deadline earlier, and a needless wake re-reads every core's."""
-        if deadline is not None and (self._sleep_until is None or deadline < self._sleep_until):
-            self._wake.set()
-
-    def _timed(self) -> list[tuple[int, Callable[[int], None]]]:
-        """(deadline, what to call then) of every core that has one."""
-        out: list[tuple[int, Callable[[int], None]]] = []
-        for link in self._links.values():
+    def _read_deadlines(self) -> dict[object, int]:
+        """Every core's next deadline, read afresh."""
+        due: dict[object, int] = {}
+        for peer, link in self._links.items():
             deadline = link.core.next_deadline()
             if deadline is not None:
-                out.append((deadline, partial(self._link_timer, link)))
-        deadline = self.routing.next_deadline()
-        if deadline is not None:
-            out.append((deadline, self.routing.on_timer))
-        deadline = self.circuits.next_deadline()
-        if deadline is not None:
-            out.append((deadline, self.circuits.on_timer))
-        deadline = self.transport_layer.next_deadline()
-        if deadline is not None:
-            out.append((deadline, self.transport_layer.on_timer))
-        return out
+                due[peer] = deadline
+        for driver in (self.routing, self.circuits, self.transport_layer):
+            deadline = driver.next_deadline()
+            if deadline is not None:
+                due[driver] = deadline
+        self._due = due
+        return due
 
-    def _link_timer(self, link: _Link, now: int) -> None:
-        link.core.on_timer(now)
-        self._flush(link)
+    def _fire(self, key: object, now: int) -> None:
+        """Run ``key``'s core's timer if its deadline, read afresh, has come."""
+        link = self._links.get(key) if isinstance(key, str) else None
+        if link is not None:
+            deadline = link.core.next_deadline()
+            if deadline is not None and deadline <= now:
+                link.core.on_timer(now)
+                self._flush(link)
+            return
+        for driver in (self.routing, self.circuits, self.transport_layer):
+            if key is driver:
+                deadline = driver.next_deadline()
+                if deadline is not None and deadline <= now:
+                    driver.on_timer(now)
+                return
 
     async def _timers(self) -> None:
-        while True:
-            self._wake = trio.Event()
-            timed = self._timed()
-            if not timed:
-                self._sleep_until = None
-                await self._wake.wait()
-                continue
-            deadline = min(d for d, _ in timed)
-            self._sleep_until = deadline
-            with trio.move_on_at(self.clock.trio_time(deadline)) as sleep:
-                await self._wake.wait()
-            now = self.now()
-            if sleep.cancelled_caught:
+        alarm = _clock_alarm()
+        try:
+            while True:
+                due = self._read_deadlines()
+                first = min(due.values()) if due else None
+                self._sleep_until = first
+                at = math.inf if first is None else self.clock.trio_time(first)
+                if alarm is None:
+                    with trio.CancelScope(deadline=at) as scope:
+                        self._sleep = scope
+                        await trio.sleep_forever()
+                else:
+                    alarm.deadline = at
+                    self._sleep = alarm
+                    await alarm.wait()
+                self._sleep = None
                 # The clock reached the deadline; its float seconds may read a nanosecond
                 # short of it, which must not postpone the timer to the next wake.
-                now = max(now, deadline)
-            for d, fire in timed:
-                if d <= now:
-                    fire(now)
+                now = self.now()
+                if self._sleep_until is not None:
+                    now = max(now, self._sleep_until)
+                # The cores whose deadline, as last read, has come (each checks its own
+                # afresh); one whose deadline moved earlier unseen is found by the full read
+                # before the next sleep, which then ends at once.
+                for key in [key for key, deadline in self._due.items() if deadline <= now]:
+                    self._fire(key, now)
+        finally:
+            self._sleep = None
 
     def _flush(self, link: _Link) -> None:
         """Move a core's outputs to where they go; never blocks.
@@ -552,59 +620,89 @@ class NodeRuntime:
         Circuit events go to the network layer only after every output is placed: it may
         answer with a new CREATE on this very link, whose commands must queue behind the
         ones the core issued before (a Disarm queued after new Arms would undo them)."""
-        messages: list[PeerMessage] = []
-        circuit_events: list[PairOk | CreateErr] = []
-        for out in link.core.pop_outputs():
-            if isinstance(out, PeerMessage):
-                messages.append(out)
-            elif isinstance(out, PhysicalCommand):
-                link.commands.send_nowait(out)
-            elif self._deliver(link, out):
-                assert isinstance(out, PairOk | CreateErr)
-                circuit_events.append(out)
-        if messages:
-            self.transport.send(link.peer, messages)
-        self._note_deadline(link.core.next_deadline())
-        for event in circuit_events:
-            self.circuits.on_link_event(link.peer, event)
+        self._holding += 1
+        try:
+            messages: list[PeerMessage] = []
+            circuit_events: list[PairOk | CreateErr] = []
+            for out in link.core.pop_outputs():
+                if isinstance(out, PeerMessage):
+                    messages.append(out)
+                elif isinstance(out, PhysicalCommand):
+                    link.commands.send_nowait(out)
+                elif self._deliver(link, out):
+                    assert isinstance(out, PairOk | CreateErr)
+                    circuit_events.append(out)
+            if messages:
+                self.transport.send(link.peer, messages)
+            self._set_due(link.peer, link.core.next_deadline())
+            for event in circuit_events:
+                self.circuits.on_link_event(link.peer, event)
+        finally:
+            self._holding -= 1
+        self._balance_memory()
+
+    @contextmanager
+    def _one_input(self) -> Iterator[None]:
+        """Handle what happens inside as one input: the memory is balanced once, after."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
         self._balance_memory()
 
     def _balance_memory(self) -> None:
         """Tell each link core how much of the node's memory the others use: the links and
-        the network layer share it, and a core that arms past it only meets NoMemory."""
-        if self._balancing:
+        the network layer share it, and a core that arms past it only meets NoMemory.
+
+        Once per input: while one is being handled (``_holding``: a link core's outputs
+        being moved, a batch of messages dispatched) the calls its parts make are left to
+        the one at its end. Until then a core counts the halves it delivered as held
+        (``EgpCore.set_upper_held``), so its arming errs on the side of caution."""
+        if self._balancing or self._holding:
             return
         self._balancing = True
         try:
             now = self.now()
-            circuits = self.circuits.core.qubits_held_by_link()
-            for peer, link in self._links.items():
-                upper = circuits.get(peer, 0) + self._client_held.get(peer, 0)
-                if upper or peer in self._client_held or peer in self._upper_reported:
-                    # Reported once, always reported: the core then counts every half it
-                    # delivers as held until the next report, which keeps arming honest
-                    # between a delivery and its user taking it.
-                    self._upper_reported.add(peer)
-                    link.core.set_upper_held(upper, now)
-            used = {peer: link.core.memory_used() for peer, link in self._links.items()}
-            # Qubits out of the link layers' hands: the applications', the transport layer's
-            # buffered pairs and teleport halves, and a slot per application waiting for one.
-            total = (
-                sum(used.values())
-                + len(self._app_qubits)
-                + max(self._app_waiting, self._app_reserve)
-                + self.transport_layer.core.held_count()
-            )
+            links = self._links
+            circuits_core = self.circuits.core
+            held = circuits_core.qubits_held_by_link()
+            client_held = self._client_held
+            reported = self._upper_reported
             # A link may not arm into what a circuit reserved on another link: otherwise an
             # intermediate node's busier side fills the memory with pairs that wait for a
             # partner the starved side can then never make (a repeater deadlock).
-            reserved = self.circuits.core.reserved_by_link()
-            claims = {peer: max(n, reserved.get(peer, 0)) for peer, n in used.items()}
-            claimed = total - sum(used.values()) + sum(claims.values())
-            for peer, link in self._links.items():
-                link.core.set_memory_elsewhere(claimed - claims[peer], now)
-                if link.core.has_outputs:
+            reserved = circuits_core.reserved_by_link()
+            # Qubits out of the link layers' hands: the applications', the transport layer's
+            # buffered pairs and teleport halves, and a slot per application waiting for one.
+            claimed = (
+                len(self._app_qubits)
+                + max(self._app_waiting, self._app_reserve)
+                + self.transport_layer.core.held_count()
+            )
+            # (link, its claim, whether its core changed) per link, in order.
+            claims: list[tuple[_Link, int, bool]] = []
+            for peer, link in links.items():
+                core = link.core
+                moved = False
+                upper = held.get(peer, 0) + client_held.get(peer, 0)
+                if upper or peer in reported or peer in client_held:
+                    # Reported once, always reported: the core then counts every half it
+                    # delivers as held until the next report, which keeps arming honest
+                    # between a delivery and its user taking it.
+                    reported.add(peer)
+                    moved = core.set_upper_held(upper, now)
+                claim = max(core.memory_used(), reserved.get(peer, 0))
+                claimed += claim
+                claims.append((link, claim, moved))
+            for link, claim, moved in claims:
+                core = link.core
+                if core.set_memory_elsewhere(claimed - claim, now):
+                    moved = True
+                if core.has_outputs:
                     self._flush(link)
+                elif moved:
+                    self._set_due(link.peer, core.next_deadline())
         finally:
             self._balancing = False
         if self._app_waiting:  # a hot path: wake only when an allocation waits

@@ -63,6 +63,10 @@ def memory_noise(params: NodeParams, idle_s: float) -> tuple[float, float, float
     d = math.exp(-total * idle_s)
     depolar = rate_d / total * (1 - d) if total > 0 else 0.0
     damping = 1 - d / (1 - depolar) if rate_1 > 0 else 0.0
+    if rate_2 == 0.0:
+        # Depolarising alone: it shrinks the coherences exactly as far as they decay, so no
+        # extra factor is left (computing one would only give 1 up to rounding).
+        return damping, 1.0, depolar
     remaining = math.exp(-idle_s * (rate_2 + rate_d))
     # Over very long times damping or depolarising reach 1 and no coherence is left to scale.
     left = math.sqrt(max(1 - damping, 0.0)) * (1 - depolar)

@@ -2,9 +2,9 @@
 
 The channel backend's driver (``ChannelServer``) and every node's driver (``NodeRuntime``) run
 as trio tasks; nodes reach the backend by direct calls (``LocalSession``) and each other through
-in-memory fibre delay lines (``MemoryNetwork``). Under trio's ``MockClock`` (pytest-trio's
-``autojump_clock``, or ``qnet.sim.run``) time jumps whenever every task waits, so a simulated
-second costs only the work done in it, and a run is deterministic for its seed.
+in-memory fibre delay lines (``MemoryNetwork``). On virtual time (``qnet.sim.run``'s
+``JumpClock``, or pytest-trio's ``autojump_clock``) time jumps whenever every task waits, so a
+simulated second costs only the work done in it, and a run is deterministic for its seed.
 
 ``open_network`` yields once every node's routing has converged (bounded by the routing
 convergence bound; ``Timeout`` otherwise), so routes answer from the first line of the block.
@@ -23,6 +23,9 @@ silence with ``silent=True``), and it comes back with fresh cores.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import math
 import random
 import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -31,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
-import trio.testing
 
 from qnet.channel.server import ChannelServer
 from qnet.errors import FailedPrecondition, NotFound, QnetError, Timeout
@@ -194,8 +196,8 @@ async def open_network(
     leaving the block stops them all."""
     seed = topology.seed if seed is None else seed
     _deterministic_scheduling(seed)
-    # Simulated physical time is the trio clock itself (scale 1): under a MockClock it is
-    # virtual, and the backend and every node read the same one.
+    # Simulated physical time is the trio clock itself (scale 1): virtual under a virtual
+    # clock, and the backend and every node read the same one.
     clock = PhysicalClock(1.0)
     core = ChannelCore(seed=seed, max_group_qubits=topology.max_group_qubits)
     server = ChannelServer(core, clock)
@@ -203,6 +205,7 @@ async def open_network(
     net = SimNetwork(topology, server, classical, {}, {}, seed, lossy=bool(loss or duplicate))
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
+        nursery.start_soon(classical.run)
         net._nursery = nursery
         sessions = [
             await LocalSession.register(server, spec.name, spec.params) for spec in topology.nodes
@@ -240,7 +243,109 @@ def _deterministic_scheduling(seed: int) -> None:
         scheduler_rng.seed(f"{seed}|trio")
 
 
+class JumpClock(trio.abc.Clock):
+    """Virtual time that jumps to the next deadline as soon as every task waits.
+
+    What ``MockClock(autojump_threshold=0)`` does, for a fraction of the cost: MockClock
+    notices idleness only after an idle pass of the run loop and then jumps, so every jump
+    costs a loop pass with no task in it, and it reads the real clock on every
+    ``current_time``. This clock jumps when trio asks how long to sleep (which it asks only
+    when no task can run), so the tasks due then run in that same pass. Nothing waits on real
+    I/O in a simulation; with no deadline at all (a deadlock) trio blocks instead of spinning.
+
+    It also keeps alarms (``alarm``): the simulation's timer tasks sleep on those rather than
+    on cancel scopes, and the clock wakes them when it jumps to their time. A cancel scope's
+    deadline wakes its task by raising Cancelled through it, which costs more than the work
+    many wake-ups do; an alarm's costs one reschedule.
+    """
+
+    __slots__ = ("_alarms", "_now", "_order")
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        #: (time, order set, alarm, its setting then): stale entries are skipped.
+        self._alarms: list[tuple[float, int, Alarm, int]] = []
+        self._order = itertools.count()
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return self._now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        alarms = self._alarms
+        while alarms and alarms[0][3] != alarms[0][2]._setting:
+            heapq.heappop(alarms)
+        target = min(deadline, alarms[0][0]) if alarms else deadline
+        if target == math.inf:
+            return _FOREVER_S
+        if target > self._now:
+            self._now = target
+        while alarms and alarms[0][0] <= self._now:
+            _, _, alarm, setting = heapq.heappop(alarms)
+            if setting == alarm._setting:
+                alarm._ring()
+        return 0.0
+
+    def alarm(self) -> Alarm:
+        """A new alarm on this clock, for one task at a time to sleep on."""
+        return Alarm(self)
+
+
+class Alarm:
+    """A movable wake-up time on a ``JumpClock`` (as a sleeping cancel scope's deadline is):
+    ``await wait()`` until the clock reaches ``deadline``; setting ``deadline`` meanwhile
+    moves the wake-up, earlier or later."""
+
+    __slots__ = ("_clock", "_deadline", "_setting", "_task")
+
+    def __init__(self, clock: JumpClock) -> None:
+        self._clock = clock
+        self._deadline = math.inf
+        #: Bumped by every change: heap entries of earlier settings are stale.
+        self._setting = 0
+        self._task: trio.lowlevel.Task | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._deadline = value
+        self._setting += 1
+        if self._task is not None and value != math.inf:
+            clock = self._clock
+            heapq.heappush(clock._alarms, (value, next(clock._order), self, self._setting))
+
+    async def wait(self) -> None:
+        """Sleep until the clock reaches ``deadline`` (at once if it has)."""
+        if self._deadline <= self._clock._now:
+            await trio.lowlevel.checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+        self.deadline = self._deadline  # puts this setting on the clock's heap
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            self._setting += 1
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _ring(self) -> None:
+        task, self._task = self._task, None
+        self._setting += 1
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+
+#: How long trio sleeps (real seconds) when no task will ever wake: it is deadlocked.
+_FOREVER_S = 86400.0
+
+
 def run(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` under trio on virtual time (a MockClock that jumps whenever all tasks
+    """Run ``fn`` under trio on virtual time (``JumpClock``: it jumps whenever all tasks
     wait): the entry point for scripts and benchmarks."""
-    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+    return trio.run(fn, clock=JumpClock())

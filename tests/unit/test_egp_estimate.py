@@ -217,3 +217,28 @@ def test_keep_pairs_are_in_the_reported_bell_state() -> None:
     check_invariants(pair, {(B, cid): 10})
     assert len(pair.fidelity_checks) == 10
     assert all(true == pytest.approx(1.0) for _, true in pair.fidelity_checks)
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+@pytest.mark.parametrize("dt", [(0, 0), (3_000_000, 0), (1_000_000, 7_000_000)])
+def test_aged_weights_are_the_aged_state_s_bell_coefficients(
+    memory: NodeParams, dt: tuple[int, int]
+) -> None:
+    """The closed form for depolarising memories gives what aging the 4×4 state gives; any
+    other memory noise has no closed form here (None: the caller ages the matrix)."""
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(4, 4)) + 1j * rng.normal(size=(4, 4))
+    rho = a @ a.conj().T
+    rho /= np.trace(rho)
+    nodes = (memory, NodeParams(memory_depolar_rate_hz=5.0))
+    weights = estimate.aged_weights(rho, nodes, dt)
+    # Side 0's T1/T2 act only if it aged at all.
+    only_depolarising = (memory.t1_s <= 0 and memory.t2_s <= 0) or dt[0] == 0
+    if not only_depolarising:
+        assert weights is None
+        return
+    assert weights is not None
+    expected = estimate.bell_coefficients(estimate.age(rho, nodes, dt))
+    assert weights == pytest.approx(expected, abs=1e-12)
+    # Asked again for the same state: the same answer (its coefficients are kept).
+    assert estimate.aged_weights(rho, nodes, dt) == weights

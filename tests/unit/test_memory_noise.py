@@ -8,14 +8,16 @@ oracle. States are read with core.engine.reduced, which does not touch.
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
 
-from qnet.physical.channel_core import ChannelCore
+from qnet.physical.channel_core import ChannelCore, memory_noise
 from qnet.physical.gates import Basis, GateName
 from qnet.physical.heralding import fibre_delay_ns
 from qnet.physical.params import LinkParams, NodeParams, Scheme
+from qnet.physical.state import StateEngine
 from tests.unit.physics_reference import (
     BELL_KETS,
     PHI_PLUS,
@@ -252,3 +254,24 @@ def test_no_measurement_error_means_certain_outcomes() -> None:
         (q,) = core.allocate(A, 1, 0)
         core.apply_gate(A, GateName.X, [q], 0.0, 0)
         assert core.measure(A, q, Basis.Z, 0) == 1
+
+
+def test_depolarising_alone_leaves_no_extra_coherence_factor() -> None:
+    """Without T1 or T2 the joint solution's coherence factor is exactly 1, and the engine's
+    shortcut for that case matches the general single-qubit noise map."""
+    params = NodeParams(memory_depolar_rate_hz=40.0)
+    for idle_s in (1e-6, 0.003, 0.5, 50.0):
+        damping, coherence, depolar = memory_noise(params, idle_s)
+        assert (damping, coherence) == (0.0, 1.0)
+        assert depolar == pytest.approx(1 - math.exp(-40.0 * idle_s), abs=1e-15)
+    for size in (1, 2, 3):
+        for position in range(size):
+            rho = random_density_matrix(np.random.default_rng(size * 10 + position), size)
+            qubits = list(range(1, size + 1))
+            fast, general = StateEngine(random.Random(0)), StateEngine(random.Random(0))
+            fast.set_state(qubits, rho)
+            general.set_state(qubits, rho)
+            fast.single_qubit_noise(qubits[position], depolar=0.3)
+            # Just below 1: the general path, and the difference it makes is that small.
+            general.single_qubit_noise(qubits[position], depolar=0.3, coherence=1 - 1e-13)
+            assert np.allclose(fast.reduced(qubits), general.reduced(qubits), atol=1e-12)
