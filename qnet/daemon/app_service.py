@@ -4,9 +4,11 @@ Each ``Session`` stream is one application handle (``qnet.connect``, ``qnet.open
 requests are dispatched in arrival order by one task: the checks and anything that needs no
 waiting happen there, and every request that may wait goes to a *lane*, a task that runs the
 requests given to it one after another. A socket has a lane per kind of call (accept, connect,
-output, recv, epr, epr_measure, recv_qubit, wait_closed) and the session one for qubit
-operations, so calls of one kind keep their order and their answers come in request order,
-while a ``recv`` waiting for data holds up neither a ``send`` nor an ``epr``. ``send``,
+output, recv, epr, epr_measure, recv_qubit, wait_closed) and the session one for ``allocate``
+and one for the other qubit operations, so calls of one kind keep their order and their
+answers come in request order, while a ``recv`` waiting for data holds up neither a ``send``
+nor an ``epr``, and an ``allocate`` waiting for memory holds up no gate or measurement (those
+can only name qubits the session holds already). ``send``,
 ``send_qubit`` and ``close`` share the output lane: a Fin must follow the data and qubits
 queued before it. ``send_qubit`` only hands the qubit over in its lane and waits for the
 teleport in a task of its own, so that teleports pipeline.
@@ -14,6 +16,13 @@ teleport in a task of its own, so that teleports pipeline.
 The session holds the qubits it allocated or took (pairs, teleported qubits), in the node's
 memory accounting (``NodeRuntime.hold_qubits``); it may act only on those. Channel-backend
 calls run shielded (bounded): a call cut short could leave a qubit that nobody knows of.
+
+``gate``, ``measure`` and ``free`` go to the backend as operations of ``Execute`` requests on
+the node's execute stream (``ChannelAccess.execute``), not as unary calls: a unary call costs
+both processes about twice what a stream message does. Those that queued in the qubit lane
+while a request was out go together in the next request, in order (checked in order too, so a
+gate after a measure of the same qubit fails as it would alone), which is also one round trip
+to the backend for all of them instead of one each.
 
 When the stream ends the session ends. If the application ended it (a ``goodbye`` request,
 then the client half-closed its requests), its sockets close gracefully: their output is
@@ -30,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
@@ -45,6 +56,7 @@ from qnet.errors import (
     QnetError,
     Timeout,
     Unreachable,
+    error_from_wire,
 )
 from qnet.node.runtime import NodeRuntime
 from qnet.physical.gates import GATES, Basis
@@ -52,6 +64,7 @@ from qnet.runtime.grpc_bridge import TrioGrpcBridge
 from qnet.runtime.grpc_service import Guard, Malformed, RpcHandler, malformed_error, service_handler
 from qnet.sockets import Qubit, Socket
 from qnet.transport.bindings import check_port
+from qnet.v1 import channel_pb2 as channel_pb
 from qnet.v1 import node_pb2 as pb
 
 log = logging.getLogger("qnet.daemon.apps")
@@ -69,9 +82,24 @@ LINGER_S = 5.0
 #: waits until a pair is consumed somewhere (a teleporting application mostly waits then).
 RESERVE_MAX = 4
 RESERVE_IDLE_S = 0.5
+#: Most qubit operations sent to the backend in one ``Execute`` request.
+MAX_BATCH = 64
 
 Job = Callable[[], Awaitable[None]]
 T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class _QubitOp:
+    """A ``gate``, ``measure`` or ``free`` waiting in the qubit lane: ``prepare`` checks it
+    (and takes the qubit from the session where the operation ends its use) when its turn
+    comes and returns its operation; ``answer`` gets the operation's result; a measurement
+    that failed frees its qubit (``frees``)."""
+
+    rid: int
+    prepare: Callable[[], channel_pb.Operation]
+    answer: Callable[[channel_pb.OperationResult], None]
+    frees: int | None = None
 
 
 class AppService:
@@ -161,6 +189,9 @@ class _Session:
         self._reserved: set[int] = set()
         self.qubits: set[int] = set()
         self._lanes: dict[tuple[int, str], trio.MemorySendChannel[Job]] = {}
+        #: The qubit lane: gates, measurements and frees, in request order.
+        self._qubit_lane: deque[_QubitOp] = deque()
+        self._qubit_wake = trio.Event()
         self._tasks: trio.Nursery | None = None
         self._commands: dict[str, Callable[[int, Any], None]] = {
             "bind": self._bind,
@@ -202,6 +233,7 @@ class _Session:
                 async with trio.open_nursery() as tasks:
                     self._tasks = tasks
                     tasks.start_soon(self._expire_reserve)
+                    tasks.start_soon(self._run_qubit_lane)
                     try:
                         async for request in requests:
                             self._dispatch(request)
@@ -214,6 +246,7 @@ class _Session:
                         log.info("%s: an application session ended: %r", self.node, exc)
                     tasks.cancel_scope.cancel()
         finally:
+            self._tasks = None
             with trio.move_on_after(BACKEND_CALL_S, shield=True):
                 await self._end(graceful and not self.scope.cancel_called, service_tasks)
             self.service.forget(self)
@@ -260,6 +293,62 @@ class _Session:
     async def _run_lane(jobs: trio.MemoryReceiveChannel[Job]) -> None:
         async for job in jobs:
             await job()
+
+    def _queue_qubit(self, op: _QubitOp) -> None:
+        self._qubit_lane.append(op)
+        self._qubit_wake.set()
+
+    async def _run_qubit_lane(self) -> None:
+        lane = self._qubit_lane
+        while True:
+            while not lane:
+                self._qubit_wake = trio.Event()
+                await self._qubit_wake.wait()
+            batch = [lane.popleft() for _ in range(min(len(lane), MAX_BATCH))]
+            try:
+                await self._execute(batch)
+            except Exception as exc:
+                # A bug here must cost the application its answers, never the daemon.
+                log.exception("%s: application qubit operations failed", self.node)
+                error = QnetError(f"internal error: {type(exc).__name__}: {exc}")
+                for op in batch:
+                    self._fail(op.rid, error)
+
+    async def _execute(self, batch: list[_QubitOp]) -> None:
+        """Check the operations in order, run those that pass in one ``Execute`` request (the
+        rest of it again after one that failed), and answer each."""
+        owners: list[_QubitOp] = []
+        ops: list[channel_pb.Operation] = []
+        for item in batch:
+            try:
+                ops.append(item.prepare())
+            except QnetError as exc:
+                self._fail(item.rid, exc)
+                continue
+            owners.append(item)
+        start = 0
+        while start < len(ops):
+            try:
+                resp = await self._backend(self.runtime.channel.execute(ops[start:]))
+            except QnetError as exc:
+                for item in owners[start:]:
+                    await self._failed_op(item, exc)
+                return
+            for i, result in enumerate(resp.results):
+                owners[start + i].answer(result)
+            if not resp.HasField("failure"):
+                return
+            failed = start + resp.failure.index
+            f = resp.failure
+            await self._failed_op(owners[failed], error_from_wire(f.error_type, f.message))
+            start = failed + 1
+
+    async def _failed_op(self, item: _QubitOp, error: QnetError) -> None:
+        if item.frees is not None:
+            # Whatever state the qubit is in, nobody may leave it allocated.
+            with contextlib.suppress(QnetError):
+                await self._backend(self.runtime.channel.free([item.frees]))
+        self._fail(item.rid, error)
 
     async def _guard(self, rid: int, job: Job) -> None:
         try:
@@ -512,7 +601,7 @@ class _Session:
             self.service.owners[qubit] = self
             self._answer(rid, qubit=pb.AppQubit(id=qubit, fidelity=1.0, number=-1))
 
-        self._lane(0, "qubit", rid, job)
+        self._lane(0, "allocate", rid, job)
 
     def _gate(self, rid: int, msg: pb.QubitGate) -> None:
         name = channel_wire.gate_from_wire(msg.gate)
@@ -524,41 +613,48 @@ class _Session:
             raise InvalidArgument(f"gate {name.value} on the same qubit twice")
         if not math.isfinite(msg.angle):
             raise InvalidArgument(f"angle must be finite, got {msg.angle!r}")
+        op = channel_pb.Operation(
+            gate=channel_pb.GateOp(gate=msg.gate, qubits=qubits, angle=msg.angle)
+        )
 
-        async def job() -> None:
+        def prepare() -> channel_pb.Operation:
             for q in qubits:
                 self._check_held(q)
-            await self._backend(self.runtime.channel.gate(name, *qubits, angle=msg.angle))
+            return op
+
+        def answer(result: channel_pb.OperationResult) -> None:
             self._done(rid)
 
-        self._lane(0, "qubit", rid, job)
+        self._queue_qubit(_QubitOp(rid, prepare, answer))
 
     def _measure(self, rid: int, msg: pb.QubitMeasure) -> None:
         basis = channel_wire.basis_from_wire(msg.basis) if msg.basis else Basis.Z
         qubit = msg.qubit
+        op = channel_pb.Operation(
+            measure=channel_pb.MeasureOp(qubit=qubit, basis=channel_wire.BASIS_TO_WIRE[basis])
+        )
 
-        async def job() -> None:
+        def prepare() -> channel_pb.Operation:
             self._take(qubit)
-            try:
-                outcome = await self._backend(self.runtime.channel.measure(qubit, basis))
-            except QnetError:
-                # Whatever state the qubit is in, nobody may leave it allocated.
-                with contextlib.suppress(QnetError):
-                    await self._backend(self.runtime.channel.free([qubit]))
-                raise
-            self._answer(rid, outcomes=pb.Outcomes(outcomes=[outcome]))
+            return op
 
-        self._lane(0, "qubit", rid, job)
+        def answer(result: channel_pb.OperationResult) -> None:
+            self._answer(rid, outcomes=pb.Outcomes(outcomes=[result.outcome]))
+
+        self._queue_qubit(_QubitOp(rid, prepare, answer, frees=qubit))
 
     def _free(self, rid: int, msg: pb.QubitFree) -> None:
         qubit = msg.qubit
+        op = channel_pb.Operation(free=channel_pb.FreeOp(qubits=[qubit]))
 
-        async def job() -> None:
+        def prepare() -> channel_pb.Operation:
             self._take(qubit)
-            await self._backend(self.runtime.channel.free([qubit]))
+            return op
+
+        def answer(result: channel_pb.OperationResult) -> None:
             self._done(rid)
 
-        self._lane(0, "qubit", rid, job)
+        self._queue_qubit(_QubitOp(rid, prepare, answer))
 
     # -- memory kept for allocations -------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import math
 import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -163,35 +164,72 @@ class _TrioToThread(Generic[T]):
             yield msg.value
 
 
+#: How often a thread blocked on a full hand-off checks that its trio run still goes on.
+_STALL_CHECK_S = 1.0
+
+
+def _nothing() -> None:
+    pass
+
+
 class _ThreadToTrio(Generic[T]):
-    """One thread hands items to trio; the thread blocks while `size` items wait unread."""
+    """One thread hands items to trio; the thread blocks while `size` items wait unread.
+
+    As in `_TrioToThread`, the sides share two counters, each written by one side only (items
+    put, by the thread; items taken, by trio), so an item costs no lock: the thread takes the
+    condition only when it finds no room, and trio only when the thread says it waits. The
+    thread queues items and asks trio to move them on only when no such call is pending, so a
+    burst costs the trio thread one wake-up, not one per item.
+    """
 
     def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
         self._token = token
+        self._size = size
         self._cond = threading.Condition()
-        self._free = size
+        self._put = 0  # producing thread only
+        self._taken = 0  # trio side only
+        self._waiting = False
         self._closed = False
-        # Unbounded on purpose: the slot count above is the bound, and delivery must not block.
+        self._queued: deque[_Item[T] | _Stop] = deque()
+        self._scheduled = False
+        # Unbounded on purpose: the counters above are the bound, and delivery must not block.
         self._send, self._recv = trio.open_memory_channel[_Item[T] | _Stop](math.inf)
         self._final: _Stop | None = None
 
     def put(self, value: T) -> bool:
         """Thread side; False once the trio side has closed (stop producing then)."""
-        with self._cond:
-            while self._free <= 0 and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return False
-            self._free -= 1
-        return _soon(self._token, self._deliver, _Item(value))
+        if self._put - self._taken >= self._size and not self._closed:
+            with self._cond:
+                # Said before looking again: trio, taking one meanwhile, then sees it.
+                self._waiting = True
+                while self._put - self._taken >= self._size and not self._closed:
+                    # A trio run that ended never takes again: look now and then.
+                    if not self._cond.wait(_STALL_CHECK_S) and not _soon(self._token, _nothing):
+                        self._closed = True
+                self._waiting = False
+        if self._closed:
+            return False
+        self._put += 1
+        return self._queue(_Item(value))
 
     def stop(self, error: BaseException | None = None) -> None:
-        _soon(self._token, self._deliver, _Stop(error))
+        self._queue(_Stop(error))
 
-    def _deliver(self, msg: _Item[T] | _Stop) -> None:
-        # The consumer may have left; a raise here would crash the trio run.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._send.send_nowait(msg)
+    def _queue(self, msg: _Item[T] | _Stop) -> bool:
+        self._queued.append(msg)
+        if self._scheduled:
+            return True  # the pending call moves this one on too
+        self._scheduled = True
+        return _soon(self._token, self._deliver)
+
+    def _deliver(self) -> None:
+        # Cleared before draining: an item queued after this line schedules another call.
+        self._scheduled = False
+        while self._queued:
+            msg = self._queued.popleft()
+            # The consumer may have left; a raise here would crash the trio run.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._send.send_nowait(msg)
 
     async def get(self) -> _Item[T] | _Stop:
         if self._final is not None:
@@ -199,9 +237,10 @@ class _ThreadToTrio(Generic[T]):
             return self._final
         msg = await self._recv.receive()
         if isinstance(msg, _Item):
-            with self._cond:
-                self._free += 1
-                self._cond.notify()
+            self._taken += 1
+            if self._waiting:
+                with self._cond:
+                    self._cond.notify()
         else:
             self._final = msg
         return msg

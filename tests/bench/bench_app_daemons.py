@@ -11,6 +11,10 @@ in this process), connected by one transport connection. Measured, in wall-clock
   --window teleports in flight);
 - the latency of one API call to the local daemon: allocate + free round trip, median and p90.
 
+After each figure, the CPU time each process spent per pair or teleport (daemons from /proc,
+the bench client, which runs both applications, from ``os.times``): on a shared machine the
+wall rates vary with the load, the CPU per unit much less.
+
 Each figure checks what it counts (Z correlations of the pairs, teleported |1⟩ read as 1).
 
     python tests/bench/bench_app_daemons.py --pairs 300 --teleports 150
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -39,6 +44,36 @@ from qnet.api.remote import RemoteBackend, RemoteSocket, open_remote
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 7
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time so far of a process (None: this one)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU time per process over one figure, per unit counted."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.pids: dict[str, int | None] = {
+            name: int(record["pid"]) for name, record in state["nodes"].items()
+        }
+        if state.get("channel"):
+            self.pids["channeld"] = int(state["channel"]["pid"])
+        self.pids["client"] = None
+        self._start: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def report(self, units: int, unit: str) -> str:
+        spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        parts = " ".join(f"{name} {s / units * 1e3:.2f}" for name, s in spent.items())
+        return f"  CPU ms per {unit}: {parts}; total {sum(spent.values()) / units * 1e3:.2f}"
 
 
 def qnet(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -168,8 +203,9 @@ async def call_latency(alice: RemoteBackend, calls: int) -> list[float]:
     return out
 
 
-async def bench(state: dict[str, dict[str, dict[str, str]]], a: argparse.Namespace) -> None:
+async def bench(state: dict[str, Any], a: argparse.Namespace) -> None:
     nodes = state["nodes"]
+    cpu = CpuMeter(state)
     async with (
         open_remote(nodes["alice"]["address"]) as alice,
         open_remote(nodes["bob"]["address"]) as bob,
@@ -186,19 +222,25 @@ async def bench(state: dict[str, dict[str, dict[str, str]]], a: argparse.Namespa
         cli, conn = await connect(alice, bob, a.min_fidelity)
         print(f"connect (handshake + circuit alice→bob): {(time.perf_counter() - t) * 1e3:.0f} ms")
         if "epr" in a.only:
+            cpu.start()
             rate, agree = await epr_rate([(alice, cli), (bob, conn)], a.pairs, a.window)
             print(
                 f"epr: {rate:.1f} pairs/s delivered to both apps"
                 f" (Z agreement {agree:.3f}, {a.pairs} pairs)"
             )
+            print(cpu.report(a.pairs, "pair"))
         if "epr_measure" in a.only:
+            cpu.start()
             rate, agree = await epr_measure_rate([cli, conn], a.pairs, a.chunk)
             print(f"epr_measure: {rate:.1f} pairs/s (Z agreement {agree:.3f}, {a.pairs} pairs)")
+            print(cpu.report(a.pairs, "pair"))
         if "teleport" in a.only:
+            cpu.start()
             rate, ones = await teleport_rate(alice, cli, bob, conn, a.teleports, a.window)
             print(
                 f"teleport: {rate:.1f} qubits/s (|1⟩ read as 1: {ones:.3f}, {a.teleports} qubits)"
             )
+            print(cpu.report(a.teleports, "teleport"))
         await cli.close()
         await conn.close()
 

@@ -329,6 +329,67 @@ async def test_bad_requests_are_typed_errors_and_the_session_goes_on(tmp_path: P
             await end_and_check(nodes, alice, bob)
 
 
+async def test_qubit_operations_sent_together_run_in_order_with_their_own_errors(
+    tmp_path: Path,
+) -> None:
+    """Gates, measurements and frees that reach the daemon together go to the backend
+    together (one ``Execute``): each still gets its own answer, checked in request order (an
+    operation on a qubit measured before it in the same batch is NotFound), a backend error
+    fails only its own request, and an ``allocate`` waiting does not hold them up."""
+    with trio.fail_after(LIMIT_S):
+        async with apps(tmp_path) as (nodes, alice, bob):
+
+            def req(rid: int, **command: Any) -> pb.SessionRequest:
+                return pb.SessionRequest(protocol_version=1, id=rid, **command)
+
+            z = channel_pb2.BASIS_Z
+            async with raw_session(nodes["alice"].address) as stream:
+                responses = aiter(stream)
+                assert (await anext(responses)).opened.node == "alice"
+                await stream.send(req(1, allocate=pb.QubitAllocate()))
+                await stream.send(req(2, allocate=pb.QubitAllocate()))
+                first = {r.id: r for r in [await anext(responses), await anext(responses)]}
+                q1, q2 = first[1].qubit.id, first[2].qubit.id
+                h, cnot = channel_pb2.GATE_H, channel_pb2.GATE_CNOT
+                batch = [
+                    req(3, gate=pb.QubitGate(gate=h, qubits=[q1])),
+                    req(4, gate=pb.QubitGate(gate=cnot, qubits=[q1, q2])),
+                    req(5, measure=pb.QubitMeasure(qubit=q1, basis=z)),
+                    req(6, gate=pb.QubitGate(gate=h, qubits=[q1])),  # measured just before
+                    req(7, allocate=pb.QubitAllocate()),
+                    req(8, measure=pb.QubitMeasure(qubit=q2, basis=z)),
+                    req(9, free=pb.QubitFree(qubit=q2)),  # measured just before
+                    req(10, measure=pb.QubitMeasure(qubit=10**6, basis=z)),  # nobody's
+                ]
+                for request in batch:
+                    await stream.send(request)
+                got = {}
+                while len(got) < len(batch):
+                    answer = await anext(responses)
+                    got[answer.id] = answer
+                assert [got[i].WhichOneof("result") for i in range(3, 11)] == [
+                    "done",
+                    "done",
+                    "outcomes",
+                    "error",
+                    "qubit",
+                    "outcomes",
+                    "error",
+                    "error",
+                ]
+                assert got[6].error.type == "NotFound"
+                assert "not held" in got[6].error.message
+                assert got[9].error.type == "NotFound"
+                assert got[10].error.type == "NotFound"
+                assert got[5].outcomes.outcomes[0] in (0, 1)
+                assert got[8].outcomes.outcomes[0] in (0, 1)
+                await stream.send(req(11, free=pb.QubitFree(qubit=got[7].qubit.id)))
+                assert (await anext(responses)).WhichOneof("result") == "done"
+                stream.done_writing()
+            await wait_sessions_gone(nodes["alice"], left=1)
+            await end_and_check(nodes, alice, bob)
+
+
 async def test_a_broken_session_aborts_its_connections_and_frees_its_qubits(
     tmp_path: Path,
 ) -> None:

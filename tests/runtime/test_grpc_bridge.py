@@ -18,6 +18,8 @@ import trio.testing
 from qnet.runtime.grpc_bridge import (
     GrpcBindError,
     TrioGrpcBridge,
+    _Item,
+    _ThreadToTrio,
     close_channel,
     error_type_name,
     insecure_channel,
@@ -347,3 +349,40 @@ async def test_shutdown_cancels_open_rpcs_and_leaves_no_threads() -> None:
         for thread in bridge_threads(before):
             await trio.to_thread.run_sync(thread.join, 5)
         assert [t.name for t in bridge_threads(before)] == []
+
+
+@pytest.mark.trio
+async def test_thread_to_trio_hand_off_keeps_order_and_bounds_the_thread() -> None:
+    """A thread's items reach trio in order, the thread never gets more than the bound ahead
+    of trio (it blocks instead), and once trio closes the hand-off ``put`` says so."""
+    size = 3
+    inbox = _ThreadToTrio[int](trio.lowlevel.current_trio_token(), size)
+    ahead: list[int] = []
+    taken = [0]
+
+    def produce() -> bool:
+        for i in range(200):
+            if not inbox.put(i):
+                return False
+            ahead.append(i + 1 - taken[0])
+        inbox.stop()
+        return True
+
+    got: list[int] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, produce)
+            while True:
+                msg = await inbox.get()
+                if not isinstance(msg, _Item):
+                    break
+                got.append(msg.value)
+                taken[0] += 1
+                if len(got) % 7 == 0:
+                    await trio.sleep(0.001)  # a slow consumer: the thread must wait
+    assert got == list(range(200))
+    assert max(ahead) <= size + 1  # the item just put, and at most `size` unread before it
+
+    closed = _ThreadToTrio[int](trio.lowlevel.current_trio_token(), 1)
+    closed.close()
+    assert not await trio.to_thread.run_sync(closed.put, 1)
