@@ -68,11 +68,11 @@ class LocalSocket:
 
     async def send_qubit(self, qubit: int) -> None:
         handle = self._backend._held(qubit)
-        try:
-            await self._socket.send_qubit(handle)
-        finally:
-            if handle.freed:  # the transport has it now, or it was lost
-                self._backend._release(qubit)
+        sent = self._socket.start_send_qubit(handle)
+        # The transport holds it now (and counts it against the node's memory): counted here
+        # too, a few qubits in flight would fill the memory their pairs need.
+        self._backend._release(qubit)
+        await sent
 
     async def recv_qubit(self) -> QubitInfo:
         return self._backend._took(await self._socket.recv_qubit())

@@ -163,6 +163,8 @@ WIRE_TYPES: tuple[type[WireMessage], ...] = (
     transport_events.PairUses,
     transport_events.PairsEnd,
     transport_events.Teleport,
+    transport_events.EprRelease,
+    transport_events.EprCut,
 )
 
 _BODY_FIELDS: dict[str, FieldDescriptor] = {

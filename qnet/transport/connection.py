@@ -24,6 +24,8 @@ from qnet.transport.events import (
     Closed,
     ConnId,
     Data,
+    EprCut,
+    EprRelease,
     Fin,
     HandshakeAck,
     Output,
@@ -247,6 +249,10 @@ class Connection:
             self.pairs.on_pairs_end()
         elif isinstance(record, Teleport):
             self.pairs.on_teleport(record.index, record.x, record.z)
+        elif isinstance(record, EprRelease):
+            self.pairs.on_epr_release(record.taken)
+        elif isinstance(record, EprCut):
+            self.pairs.on_epr_cut(record.first)
         else:
             raise ProtocolError(f"unknown record {type(record).__name__}")
         return False
@@ -280,6 +286,14 @@ class Connection:
         if pairs.pairs_end_due:
             self.sender.queue_control(PairsEnd(*ids))
             pairs.pairs_end_due = False
+        if pairs.epr_cut_due is not None:
+            # After the uses of every pair it cuts (above).
+            self.sender.queue_control(EprCut(*ids, pairs.epr_cut_due))
+            pairs.epr_cut_due = None
+        if pairs.epr_release_due:
+            # Before the demand that no longer counts the window.
+            self.sender.queue_control(EprRelease(*ids, pairs.epr_hold or 0))
+            pairs.epr_release_due = False
         if not pairs.allocator and not self.output_closed:
             demand = pairs.demand()
             if demand != self.demand_sent:

@@ -254,6 +254,31 @@ class Teleport(RecordMessage):
     z: int
 
 
+@dataclass(frozen=True, slots=True)
+class EprRelease(RecordMessage):
+    """Connector → acceptor: its application stopped taking epr pairs, and it took ``taken``;
+    it takes no further one until ``EprCut`` answers. The acceptor then releases the pairs of
+    the epr stream that neither application took, at both ends."""
+
+    type_name: ClassVar[str] = "epr_release"
+    dst_conn: int
+    src_conn: int
+    seq: int
+    taken: int
+
+
+@dataclass(frozen=True, slots=True)
+class EprCut(RecordMessage):
+    """Acceptor → connector: the epr stream's pairs from number ``first`` on (those assigned
+    so far) are released at both ends; the stream goes on from ``first``."""
+
+    type_name: ClassVar[str] = "epr_cut"
+    dst_conn: int
+    src_conn: int
+    seq: int
+    first: int
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 

@@ -142,6 +142,12 @@ class PairStream:
         self.epr_active = False
         self.epr_active_until = 0
         self.epr_limit = 0
+        #: Follower: the pairs taken when it sent ``EprRelease`` (no pair is taken until the
+        #: allocator's ``EprCut`` answers), and whether that record is due.
+        self.epr_hold: int | None = None
+        self.epr_release_due = False
+        #: Allocator: the ``EprCut`` to send.
+        self.epr_cut_due: int | None = None
         # measure-directly stream: the basis of every slot the application asked for.
         self.measure_bases: list[Basis] = []
         self.measures_requested = 0
@@ -317,7 +323,9 @@ class PairStream:
         self._progress()
 
     def _check_use(self, use: PairUse) -> None:
-        if self.uses_closed and use is not PairUse.RELEASE:
+        if self.uses_closed and use not in (PairUse.RELEASE, self.mine):
+            # (A pair for a teleport of ours can follow: we asked for pairs to keep ready
+            # before our Fin.)
             raise ProtocolError(f"pair use {use.name} after both outputs closed")
         if use in (PairUse.EPR, PairUse.MEASURE) and self.ended:
             raise ProtocolError(f"pair use {use.name} after PairsEnd")
@@ -327,6 +335,11 @@ class PairStream:
             raise ProtocolError("a teleportation pair for a qubit nobody sends")
 
     def _assign(self, index: int, use: PairUse) -> None:
+        if self.uses_closed and use is self.mine:
+            # Asked for (to keep ready) before our Fin; nothing can be sent with it now, and
+            # the allocator frees its half when the connection ends.
+            self.mine_assigned += 1
+            use = PairUse.RELEASE
         self.use_of[index] = use
         if use is PairUse.EPR:
             self.epr_queue.append(index)
@@ -363,13 +376,20 @@ class PairStream:
         return self.held.pop(index)
 
     def _progress(self) -> None:
-        while self.epr_wanted and self.epr_queue and self.epr_queue[0] in self.held:
+        while (
+            self.epr_wanted
+            and self.epr_queue
+            and self.epr_queue[0] in self.held
+            and self.epr_hold is None
+        ):
             pair = self._consume(self.epr_queue.popleft())
             self.epr_wanted -= 1
             self._out.append(
                 EprPair(self.conn, self.epr_given, pair.index, pair.qubit, pair.fidelity)
             )
             self.epr_given += 1
+            if not self.epr_wanted and not self.epr_active:
+                self._release_idle_epr()  # the last call, served after the stream went idle
         while self.sends and self.my_pairs and self.my_pairs[0] in self.held:
             pair = self._consume(self.my_pairs.popleft())
             qubit = self.sends.popleft()
@@ -400,15 +420,50 @@ class PairStream:
         """Allocator: the follower's cumulative demand (never decreasing)."""
         if not self.allocator:
             raise ProtocolError("the accepting end does not send pair demand")
-        if epr_limit < self.peer_epr_limit or measures < self.peer_measures:
+        if measures < self.peer_measures or teleports < self.peer_teleports:
             raise ProtocolError("pair demand went down")
-        if teleports < self.peer_teleports:
-            raise ProtocolError("pair demand went down")
-        self.peer_epr_limit, self.peer_measures, self.peer_teleports = (
-            epr_limit,
-            measures,
-            teleports,
-        )
+        # The epr limit goes down when the follower releases its unclaimed pairs: it never
+        # takes back what was assigned, so only a rise matters.
+        self.peer_epr_limit = max(self.peer_epr_limit, epr_limit)
+        self.peer_measures, self.peer_teleports = measures, teleports
+
+    def on_epr_release(self, taken: int) -> None:
+        """Allocator: the follower took ``taken`` pairs of the epr stream and takes no more
+        until our ``EprCut``. Pairs that neither application took, nor an ``epr`` call
+        waiting here will take, are released at both ends."""
+        if not self.allocator:
+            raise ProtocolError("the accepting end does not release epr pairs")
+        if not 0 <= taken <= self.epr_assigned:
+            raise ProtocolError(f"EprRelease took {taken} of {self.epr_assigned} epr pairs")
+        first = min(max(self.epr_given + self.epr_wanted, taken), self.epr_assigned)
+        self._cut_epr(first)
+        self.peer_epr_limit = first
+        self.epr_cut_due = first
+
+    def on_epr_cut(self, first: int) -> None:
+        """Follower: the epr stream's pairs from number ``first`` on are released."""
+        if self.allocator or self.epr_hold is None:
+            raise ProtocolError("EprCut without an EprRelease")
+        if not self.epr_hold <= first <= self.epr_assigned:
+            raise ProtocolError(
+                f"EprCut from {first}: took {self.epr_hold}, assigned {self.epr_assigned}"
+            )
+        self._cut_epr(first)
+        self.epr_hold = None
+        self.epr_limit = max(self.epr_limit, first)
+        self._progress()
+
+    def _cut_epr(self, first: int) -> None:
+        """Release the epr stream's pairs numbered ``first`` and on (assigned, not taken)."""
+        keep = first - self.epr_given
+        cut = list(self.epr_queue)[keep:]
+        self.epr_queue = deque(list(self.epr_queue)[:keep])
+        self.epr_assigned = first
+        for index in cut:
+            if index in self.held:
+                self._free((self._consume(index).qubit,))
+            else:
+                self.use_of[index] = PairUse.RELEASE  # freed when it arrives
 
     def on_teleport(self, index: int, x: int, z: int) -> None:
         waiting = any(i == index for i, _, _ in self.incoming)
@@ -482,12 +537,34 @@ class PairStream:
         arrival would no longer hold."""
         if self.epr_active and now >= self.epr_active_until:
             self.epr_active = False
+            self._release_idle_epr()
         if self.prefetching and now >= self.prefetch_until:
             self.stop_prefetch()
         elif self.max_ready_age_ns:
             for pair in self.ready():
                 if now - pair.since >= self.max_ready_age_ns:
                     self._release_ready(pair)
+
+    def _release_idle_epr(self) -> None:
+        """Follower: its application stopped taking epr pairs with pairs of the stream still
+        here or on their way (its window): ask the allocator to release those neither end
+        took, rather than keep them in memory until the connection ends (a later
+        ``send_qubit`` could otherwise find no memory for its pair). Until the answer, no
+        pair of the stream is taken, and the demand no longer counts the window."""
+        if (
+            self.allocator
+            or self.epr_hold is not None
+            or self.epr_wanted
+            or self.epr_limit <= self.epr_given
+            or self.ended
+            or self.ended_output
+            or self.uses_closed
+            or self.circuit_closed
+        ):
+            return
+        self.epr_hold = self.epr_given
+        self.epr_release_due = True
+        self.epr_limit = self.epr_given
 
     def stop_prefetch(self) -> None:
         self.prefetching = False

@@ -113,6 +113,8 @@ class PeerMessage(_message.Message):
     TP_PAIR_USES_FIELD_NUMBER: _builtins.int
     TP_PAIRS_END_FIELD_NUMBER: _builtins.int
     TP_TELEPORT_FIELD_NUMBER: _builtins.int
+    TP_EPR_RELEASE_FIELD_NUMBER: _builtins.int
+    TP_EPR_CUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -189,6 +191,10 @@ class PeerMessage(_message.Message):
     def tp_pairs_end(self) -> Global___TransportPairsEnd: ...
     @_builtins.property
     def tp_teleport(self) -> Global___TransportTeleport: ...
+    @_builtins.property
+    def tp_epr_release(self) -> Global___TransportEprRelease: ...
+    @_builtins.property
+    def tp_epr_cut(self) -> Global___TransportEprCut: ...
     def __init__(
         self,
         *,
@@ -230,12 +236,14 @@ class PeerMessage(_message.Message):
         tp_pair_uses: Global___TransportPairUses | None = ...,
         tp_pairs_end: Global___TransportPairsEnd | None = ...,
         tp_teleport: Global___TransportTeleport | None = ...,
+        tp_epr_release: Global___TransportEprRelease | None = ...,
+        tp_epr_cut: Global___TransportEprCut | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_pause", b"net_circuit_pause", "net_circuit_reject", b"net_circuit_reject", "net_circuit_resume", b"net_circuit_resume", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_pause", b"net_circuit_pause", "net_circuit_reject", b"net_circuit_reject", "net_circuit_resume", b"net_circuit_resume", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_epr_cut", b"tp_epr_cut", "tp_epr_release", b"tp_epr_release", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_pause", b"net_circuit_pause", "net_circuit_reject", b"net_circuit_reject", "net_circuit_resume", b"net_circuit_resume", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hello", b"hello", "link_ack", b"link_ack", "link_cancel", b"link_cancel", "link_expire", b"link_expire", "link_memory_full", b"link_memory_full", "link_pair_assign", b"link_pair_assign", "link_pair_discard", b"link_pair_discard", "link_purify", b"link_purify", "link_purify_result", b"link_purify_result", "link_queue_add", b"link_queue_add", "link_terminate", b"link_terminate", "net_advert_ack", b"net_advert_ack", "net_chain_discard", b"net_chain_discard", "net_circuit_accept", b"net_circuit_accept", "net_circuit_pause", b"net_circuit_pause", "net_circuit_reject", b"net_circuit_reject", "net_circuit_resume", b"net_circuit_resume", "net_circuit_setup", b"net_circuit_setup", "net_circuit_teardown", b"net_circuit_teardown", "net_database_description", b"net_database_description", "net_database_request", b"net_database_request", "net_datagram", b"net_datagram", "net_link_state_advert", b"net_link_state_advert", "net_pair_complete", b"net_pair_complete", "net_pair_track", b"net_pair_track", "net_routing_hello", b"net_routing_hello", "tp_ack", b"tp_ack", "tp_epr_cut", b"tp_epr_cut", "tp_epr_release", b"tp_epr_release", "tp_fin", b"tp_fin", "tp_handshake_ack", b"tp_handshake_ack", "tp_pair_demand", b"tp_pair_demand", "tp_pair_uses", b"tp_pair_uses", "tp_pairs_end", b"tp_pairs_end", "tp_reset", b"tp_reset", "tp_segment", b"tp_segment", "tp_syn", b"tp_syn", "tp_syn_ack", b"tp_syn_ack", "tp_teleport", b"tp_teleport", "tp_window", b"tp_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_circuit_pause", "net_circuit_resume", "net_datagram", "tp_syn", "tp_syn_ack", "tp_handshake_ack", "tp_reset", "tp_ack", "tp_segment", "tp_fin", "tp_window", "tp_pair_demand", "tp_pair_uses", "tp_pairs_end", "tp_teleport"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "link_ack", "link_queue_add", "link_pair_assign", "link_pair_discard", "link_purify", "link_purify_result", "link_terminate", "link_expire", "link_memory_full", "link_cancel", "net_routing_hello", "net_link_state_advert", "net_advert_ack", "net_database_request", "net_database_description", "net_circuit_setup", "net_circuit_accept", "net_circuit_reject", "net_circuit_teardown", "net_pair_track", "net_chain_discard", "net_pair_complete", "net_circuit_pause", "net_circuit_resume", "net_datagram", "tp_syn", "tp_syn_ack", "tp_handshake_ack", "tp_reset", "tp_ack", "tp_segment", "tp_fin", "tp_window", "tp_pair_demand", "tp_pair_uses", "tp_pairs_end", "tp_teleport", "tp_epr_release", "tp_epr_cut"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1644,6 +1652,70 @@ class TransportPairsEnd(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransportPairsEnd: _TypeAlias = TransportPairsEnd  # noqa: Y015
+
+@_typing.final
+class TransportEprRelease(_message.Message):
+    """Connector → acceptor: its application stopped taking epr pairs and took `taken` of them; it
+    takes no further one until TransportEprCut answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    TAKEN_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    taken: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        taken: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "seq", b"seq", "src_conn", b"src_conn", "taken", b"taken"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportEprRelease: _TypeAlias = TransportEprRelease  # noqa: Y015
+
+@_typing.final
+class TransportEprCut(_message.Message):
+    """Acceptor → connector: the epr stream's pairs from number `first` on (those assigned so far)
+    are released at both ends, which free their halves; the stream goes on from `first`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_CONN_FIELD_NUMBER: _builtins.int
+    SRC_CONN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    dst_conn: _builtins.int
+    src_conn: _builtins.int
+    seq: _builtins.int
+    first: _builtins.int
+    def __init__(
+        self,
+        *,
+        dst_conn: _builtins.int = ...,
+        src_conn: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        first: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_conn", b"dst_conn", "first", b"first", "seq", b"seq", "src_conn", b"src_conn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransportEprCut: _TypeAlias = TransportEprCut  # noqa: Y015
 
 @_typing.final
 class TransportTeleport(_message.Message):

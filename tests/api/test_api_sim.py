@@ -4,6 +4,7 @@ calls an application makes against daemons, checked against the physics statisti
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import trio
@@ -193,3 +194,43 @@ async def test_closing_the_node_frees_what_the_application_held(
 
 def _transport_idle(net: SimNetwork) -> bool:
     return all(not n.transport_layer.core.held_qubits() for n in net.nodes.values())
+
+
+async def test_teleports_after_an_epr_phase_find_memory(autojump_clock: trio.abc.Clock) -> None:
+    """After the application stops taking epr pairs, the pairs its window still holds (and
+    the allocator's halves) are released at both ends, so that qubits handed to send_qubit,
+    with the pairs to teleport them, fit in a small memory. Before, the window's pairs and
+    the qubits counted twice filled it, and the teleports waited for ever."""
+    async with (
+        open_network(chain(2, memory_qubits=8)) as net,
+        net.open_node("n0") as alice,
+        net.open_node("n1") as bob,
+    ):
+        cli, conn = await _pair(alice, bob)
+        for _ in range(2):
+
+            async def take(sock: AsyncSocket) -> None:
+                await (await sock.epr()).measure()
+
+            await both(partial(take, cli), partial(take, conn))
+        # The application does something else for a while: its epr stream goes idle (the
+        # window's pairs would have arrived by then).
+        await trio.sleep(0.1)
+        for name in ("n0", "n1"):
+            assert net.node(name).transport_layer.core.held_count() == 0, name
+        sends = 4
+        qubits = [await alice.qubit() for _ in range(sends)]
+        for q in qubits:
+            await q.x()
+
+        async def send() -> None:
+            async with trio.open_nursery() as nursery:
+                for q in qubits:
+                    nursery.start_soon(cli.send_qubit, q)
+
+        async def receive() -> list[int]:
+            return [await (await conn.recv_qubit()).measure() for _ in range(sends)]
+
+        with trio.fail_after(5):
+            _, outcomes = await both(send, receive)
+        assert outcomes == [1] * sends

@@ -179,6 +179,8 @@ EXAMPLES: list[WireMessage] = [
     transport_events.PairsEnd(3, 5, 3),
     transport_events.Teleport(5, 3, 4, 12, 1, 0),
     transport_events.Teleport(5, 3, 5, 13, -1, -1),
+    transport_events.EprRelease(5, 3, 6, 4),
+    transport_events.EprCut(3, 5, 7, 6),
 ]
 
 
@@ -245,6 +247,8 @@ def test_case_numbers_are_stable() -> None:
         "tp_pair_uses": 137,
         "tp_pairs_end": 138,
         "tp_teleport": 139,
+        "tp_epr_release": 140,
+        "tp_epr_cut": 141,
     }
     assert peer_wire.layer_of_case("hello") is Layer.PEER
     assert {peer_wire.layer_of(m) for m in EXAMPLES} == {

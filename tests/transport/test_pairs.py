@@ -14,7 +14,9 @@ from qnet.transport.events import (
     BellMeasure,
     Closed,
     Correct,
+    EprCut,
     EprPair,
+    EprRelease,
     Error,
     MeasuredPair,
     MeasurePair,
@@ -357,3 +359,84 @@ def test_ready_pairs_are_renewed_before_they_age() -> None:
             assert now - pair.since <= config.max_ready_age_ns + 2 * MS
     assert any(isinstance(m, Teleport) and m.x == RELEASED for m in net.sent[A])
     assert net.protocol_errors == []
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    # An end gets at most its peer's window ahead (the peer holds its halves meanwhile).
+    taken=st.tuples(st.integers(1, 6), st.integers(1, 6)).filter(
+        lambda t: abs(t[0] - t[1]) <= CONFIG.pair_window
+    ),
+    loss=st.sampled_from([0.0, 0.2]),
+    seed=st.integers(0, 2**16),
+)
+def test_an_idle_epr_stream_gives_its_unclaimed_pairs_back(
+    taken: tuple[int, int], loss: float, seed: int
+) -> None:
+    """Each end takes a different number of epr pairs, then the connector's application
+    stops. Its window's pairs that neither end took are released at both ends (EprRelease,
+    EprCut); the pairs one end took stay at the other until it takes them, and the stream
+    goes on in step when the applications take pairs again."""
+    net = Net(seed=seed, faults=Faults(loss=loss, jitter_ns=3 * MS))
+    a, b = established(net)
+    for _ in range(taken[0]):
+        net.do(A, lambda core, now: core.epr(a, now))
+    for _ in range(taken[1]):
+        net.do(B, lambda core, now: core.epr(b, now))
+    net.run_until(
+        lambda: len(net.of(A, EprPair)) == taken[0] and len(net.of(B, EprPair)) == taken[1]
+    )
+    net.run(500 * MS)  # the connector's stream goes idle; the release goes and is answered
+    # (Records lost on the way were sent again: once each, by their sequence numbers.)
+    releases = {m.seq: m for m in net.sent[A] if isinstance(m, EprRelease)}
+    cuts = {m.seq: m for m in net.sent[B] if isinstance(m, EprCut)}
+    assert len(cuts) == len(releases)
+    assert [c.first for c in cuts.values()] == [max(taken)] * len(cuts)
+    # Nothing is assigned to the stream beyond what an end took, and each end holds exactly
+    # the pairs the other end took and it did not.
+    assert net.cores[B].connection(b).pairs.epr_assigned == max(taken)
+    assert len(net.cores[A].held_qubits()) == max(0, taken[1] - taken[0])
+    assert len(net.cores[B].held_qubits()) == max(0, taken[0] - taken[1])
+    more = 3
+    for _ in range(max(taken) - taken[0] + more):
+        net.do(A, lambda core, now: core.epr(a, now))
+    for _ in range(max(taken) - taken[1] + more):
+        net.do(B, lambda core, now: core.epr(b, now))
+    total = max(taken) + more
+    net.run_until(lambda: len(net.of(A, EprPair)) == total and len(net.of(B, EprPair)) == total)
+    assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)]
+    assert [e.number for e in net.of(A, EprPair)] == list(range(total))
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_the_window_of_an_idle_connector_is_released() -> None:
+    net = Net(seed=2)
+    a, b = established(net)
+    for _ in range(2):
+        net.do(A, lambda core, now: core.epr(a, now))
+        net.do(B, lambda core, now: core.epr(b, now))
+    net.run(500 * MS)
+    # While taking pairs the connector's window held more; idle, it gave them back.
+    assert any(isinstance(m, PairDemand) and m.epr_limit > 2 for m in net.sent[A])
+    assert [m.taken for m in net.sent[A] if isinstance(m, EprRelease)] == [2]
+    assert [m.first for m in net.sent[B] if isinstance(m, EprCut)] == [2]
+    assert net.cores[A].held_qubits() == net.cores[B].held_qubits() == []
+    net.check_ledger()
+
+
+def test_pairs_kept_ready_for_a_sender_that_closed_are_freed() -> None:
+    """The acceptor closed first; the connector sends a qubit (asking for pairs to keep
+    ready for the next one) and closes. Pairs the acceptor assigned to that demand after the
+    connector's Fin went out are freed, not taken for a protocol violation."""
+    net = Net(seed=0)
+    a, b = established(net)
+    net.do(B, lambda core, now: core.close(b, now))
+    qubit = net.app_qubit(A, "last")
+    net.ledger.move(qubit, A, Holder.APP, Holder.CORE, "send_qubit")
+    net.do(A, lambda core, now: core.send_qubit(a, qubit, now))
+    net.do(A, lambda core, now: core.close(a, now))
+    net.run_until(lambda: bool(net.of(A, Closed)) and bool(net.of(B, Closed)))
+    assert net.protocol_errors == []
+    assert [net.ledger.qubits[e.qubit].content for e in net.of(B, QubitReceived)] == ["last"]
+    net.check_ledger()

@@ -17,6 +17,8 @@ from qnet.transport import TransportConfig, message_from_dict
 from qnet.transport.events import (
     Ack,
     CloseCircuit,
+    EprCut,
+    EprRelease,
     Error,
     Fin,
     HandshakeAck,
@@ -80,6 +82,8 @@ SAMPLES: list[TransportMessage] = [
     PairUses(1, 2, 7, 100, (0, 1, 2, 3, 4)),
     PairsEnd(1, 2, 8),
     Teleport(1, 2, 9, 101, 1, 0),
+    EprRelease(1, 2, 10, 6),
+    EprCut(1, 2, 11, 7),
 ]
 
 
@@ -245,6 +249,8 @@ def test_receiver_refuses_absurd_numbers() -> None:
         lambda a, b: SynAck(b, a, 100),  # the acceptor sent no Syn
         lambda a, b: Teleport(b, a, 1, 3, 0, 0),  # pair 3 is not for a teleport
         lambda a, b: Window(b, a, 1, 1),  # takes back bytes granted
+        lambda a, b: EprCut(b, a, 1, 0),  # no EprRelease asked for it
+        lambda a, b: EprRelease(b, a, 1, 5),  # took more epr pairs than were assigned
     ],
 )
 def test_protocol_violation_resets_the_connection_at_both_ends(make: Any) -> None:
@@ -291,6 +297,8 @@ MESSAGES = st.one_of(
         st.lists(st.integers(-1, 6), max_size=4).map(tuple),
     ),
     st.builds(PairsEnd, st.just(0), st.just(0), st.integers(-2, 12)),
+    st.builds(EprRelease, st.just(0), st.just(0), st.integers(-2, 12), st.integers(-1, 9)),
+    st.builds(EprCut, st.just(0), st.just(0), st.integers(-2, 12), st.integers(-1, 9)),
     st.builds(
         Teleport,
         st.just(0),
