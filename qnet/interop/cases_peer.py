@@ -12,6 +12,7 @@ import grpc
 from qnet.interop.registry import Context, Failed, Unsupported, case, check
 from qnet.interop.spec_peer import Message, SpecPeer, body, fresh_id, unknown_message
 from qnet.interop.targets import Slot
+from qnet.interop.tls import MissingCredential
 from qnet.interop.wire import VERSION, Pump, Status, expect_error
 from qnet.v1 import channel_pb2 as cpb
 from qnet.v1 import node_pb2 as npb
@@ -31,14 +32,28 @@ def _fresh_id() -> int:
     return fresh_id()
 
 
+def new_spec_peer(ctx: Context, slot: Slot, *, routing: bool = False) -> SpecPeer:
+    """A spec peer for ``slot``, over TLS when the targets use it; ``Unsupported`` if the
+    certificate directory lacks the slot's credential."""
+    try:
+        return SpecPeer(slot, ctx.address(slot.daemon), routing=routing, certs=ctx.targets.certs)
+    except MissingCredential as exc:
+        raise Unsupported(str(exc)) from None
+
+
 @contextmanager
 def spec_peer(ctx: Context, slot: Slot, *, routing: bool = False) -> Iterator[SpecPeer]:
-    peer = SpecPeer(slot, ctx.address(slot.daemon), routing=routing)
+    peer = new_spec_peer(ctx, slot, routing=routing)
     try:
         try:
             peer.start(ctx.remaining(15))
         except (ConnectionError, TimeoutError) as exc:
-            raise Failed(f"spec peer {slot.name} could not join {slot.daemon}: {exc}") from None
+            # A daemon whose dial we refused (bad Hello, wrong certificate) shows up here as
+            # a timeout: the refusal's reason is the useful part.
+            refused = f"; we refused its dial: {peer.hello_problems}" if peer.hello_problems else ""
+            raise Failed(
+                f"spec peer {slot.name} could not join {slot.daemon}: {exc}{refused}"
+            ) from None
         check(
             not peer.hello_problems,
             f"{slot.daemon} dialed {slot.name} with a bad Hello: {peer.hello_problems}",
@@ -134,7 +149,7 @@ def hello(ctx: Context) -> str:
 def refusals(ctx: Context) -> str:
     slot = ctx.slot()
     daemon = slot.daemon
-    peer = SpecPeer(slot, ctx.address(daemon))
+    peer = new_spec_peer(ctx, slot)
     before = counters(ctx, daemon).refused_streams
     try:
         probes: list[tuple[str, ppb.PeerBatch, set[grpc.StatusCode]]] = []
@@ -167,6 +182,24 @@ def refusals(ctx: Context) -> str:
         )
         # peer.proto names no status for a stream without a Hello: any refusal will do.
         probes.append(("no Hello first", no_hello, set()))
+        other = next(
+            (s.name for s in ctx.targets.slots if s.daemon == daemon and s.name != slot.name), ""
+        )
+        if ctx.targets.certs is not None and other:
+            # Over TLS a Hello must come from the node the caller's certificate names, even
+            # when the name it claims is a configured neighbour.
+            claimed = ppb.PeerBatch(
+                protocol_version=VERSION,
+                sender=other,
+                messages=[Message(hello=ppb.Hello(node=other, sequence=1, recipient=daemon))],
+            )
+            probes.append(
+                (
+                    f"{other}'s Hello over {slot.name}'s certificate",
+                    claimed,
+                    {grpc.StatusCode.PERMISSION_DENIED},
+                )
+            )
         seen = []
         for what, batch, codes in probes:
             stream = peer.dial(batch)
@@ -344,12 +377,17 @@ def _assign_unheralded(ctx: Context, peer: SpecPeer, pump: Pump[npb.LinkEvent], 
     "a session acts only on its own qubits",
 )
 def not_owned(ctx: Context) -> str:
-    backend = ctx.backend()
-    names = [s.name for s in ctx.targets.slots]
+    names = [s.name for s in ctx.slots()]
     if len(names) < 2:
         raise Unsupported("two free node names (slots) are needed to register two sessions")
+    # Over TLS each session is registered and used with its own node's certificate, so the
+    # refusals below come from the ownership rule, not from the caller's identity.
+    try:
+        backends = [ctx.backend(as_node=name) for name in names[:2]]
+    except MissingCredential as exc:
+        raise Unsupported(f"the two sessions need their nodes' certificates: {exc}") from None
     sessions = []
-    for name in names[:2]:
+    for name, backend in zip(names[:2], backends, strict=True):
         reply = backend.Register(
             cpb.RegisterRequest(
                 protocol_version=VERSION, node=name, memory_qubits=2, takeover=True
@@ -358,15 +396,16 @@ def not_owned(ctx: Context) -> str:
         )
         sessions.append(reply.session)
     mine, other = sessions
-    qubits = backend.Allocate(
+    as_mine, as_other = backends
+    qubits = as_mine.Allocate(
         cpb.AllocateRequest(protocol_version=VERSION, session=mine, count=1),
         timeout=ctx.remaining(10),
     ).qubits
     check(len(qubits) == 1, f"Allocate(1) gave {list(qubits)}")
     q = qubits[0]
-    probes = {
+    probes: dict[str, tuple[Callable[[], object], grpc.StatusCode]] = {
         "measure another node's qubit": (
-            lambda: backend.Measure(
+            lambda: as_other.Measure(
                 cpb.MeasureRequest(
                     protocol_version=VERSION, session=other, qubit=q, basis=cpb.BASIS_Z
                 ),
@@ -375,7 +414,7 @@ def not_owned(ctx: Context) -> str:
             grpc.StatusCode.PERMISSION_DENIED,
         ),
         "gate on another node's qubit": (
-            lambda: backend.ApplyGate(
+            lambda: as_other.ApplyGate(
                 cpb.GateRequest(
                     protocol_version=VERSION, session=other, gate=cpb.GATE_X, qubits=[q]
                 ),
@@ -384,6 +423,28 @@ def not_owned(ctx: Context) -> str:
             grpc.StatusCode.PERMISSION_DENIED,
         ),
     }
+    if ctx.targets.certs is not None:
+        mine_name = names[0]
+        probes["another node's session"] = (
+            lambda: as_other.Measure(
+                cpb.MeasureRequest(
+                    protocol_version=VERSION, session=mine, qubit=q, basis=cpb.BASIS_Z
+                ),
+                timeout=ctx.remaining(10),
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        # Without takeover: a backend that ignored the identity would answer ALREADY_EXISTS
+        # and leave the session registered as it was.
+        probes["register as another node"] = (
+            lambda: as_other.Register(
+                cpb.RegisterRequest(
+                    protocol_version=VERSION, node=mine_name, memory_qubits=2, takeover=False
+                ),
+                timeout=ctx.remaining(10),
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
     seen = []
     for what, (call, code) in probes.items():
         status = expect_error(call)
@@ -391,7 +452,7 @@ def not_owned(ctx: Context) -> str:
         assert status is not None
         check(status.code == code, f"{what}: {status}, expected {code.name}")
         seen.append(f"{what}: {status.code.name}")
-    backend.Free(
+    as_mine.Free(
         cpb.FreeRequest(protocol_version=VERSION, session=mine, qubits=[q]),
         timeout=ctx.remaining(10),
     )

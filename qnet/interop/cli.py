@@ -25,6 +25,12 @@ def add_interop_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="run directory of `qnet up` (default: $QNET_RUN_DIR, else .qnet-run)",
     )
     parser.add_argument(
+        "--certs",
+        metavar="DIR",
+        help="the network's certificate directory (`qnet certs`): speak mutual TLS with it"
+        " (default: the one the run directory's state records, if any)",
+    )
+    parser.add_argument(
         "--case", action="append", default=[], metavar="ID", help="run only this case (repeatable)"
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from qnet.interop.targets import Slot, Targets
+from qnet.interop.tls import CHANNELD_SERVER_NAME, ClientCredential, node_stem
 from qnet.interop.wire import VERSION, open_channel
 from qnet.v1 import channel_pb2_grpc as cgrpc
 from qnet.v1 import node_pb2 as npb
@@ -98,7 +99,8 @@ class Context:
     deadline: float
     #: Extra tolerance on measured error rates for noise a daemon's estimate does not cover.
     allowance: float = 0.02
-    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    #: (address, who the suite is there and whom it expects) -> channel.
+    _channels: dict[tuple[str, str], grpc.Channel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remaining(self, cap: float | None = None) -> float:
@@ -113,31 +115,70 @@ class Context:
         except KeyError:
             raise Unsupported(f"no daemon of node {node!r} among the targets") from None
 
-    def channel(self, address: str) -> grpc.Channel:
+    def channel(self, address: str, tls: ClientCredential | None = None) -> grpc.Channel:
+        who = "" if tls is None else f"{tls.stem}>{tls.server_name}"
+        return self._cached(address, who, lambda: tls)
+
+    def _cached(
+        self, address: str, who: str, tls: Callable[[], ClientCredential | None]
+    ) -> grpc.Channel:
+        # Credentials are read (``tls()``) only when the channel is first opened: cases
+        # call the daemons in polling loops.
         with self._lock:
-            if address not in self._channels:
-                self._channels[address] = open_channel(address)
-            return self._channels[address]
+            key = (address, who)
+            if key not in self._channels:
+                self._channels[key] = open_channel(address, tls())
+            return self._channels[key]
+
+    def daemon(self, node: str) -> grpc.Channel:
+        """A channel to node ``node``'s daemon, as an application of the network."""
+        certs = self.targets.certs
+        if certs is None:
+            return self._cached(self.address(node), "", lambda: None)
+        return self._cached(self.address(node), "app", lambda: certs.node_app(node))
 
     def admin(self, node: str) -> ngrpc.NodeAdminStub:
-        return ngrpc.NodeAdminStub(self.channel(self.address(node)))
+        return ngrpc.NodeAdminStub(self.daemon(node))
 
     def link(self, node: str) -> ngrpc.LinkLayerStub:
-        return ngrpc.LinkLayerStub(self.channel(self.address(node)))
+        return ngrpc.LinkLayerStub(self.daemon(node))
 
     def network(self, node: str) -> ngrpc.NetworkLayerStub:
-        return ngrpc.NetworkLayerStub(self.channel(self.address(node)))
+        return ngrpc.NetworkLayerStub(self.daemon(node))
 
     def app(self, node: str) -> ngrpc.ApplicationStub:
-        return ngrpc.ApplicationStub(self.channel(self.address(node)))
+        return ngrpc.ApplicationStub(self.daemon(node))
 
-    def backend(self) -> cgrpc.ChannelStub:
+    def backend(self, as_node: str | None = None) -> cgrpc.ChannelStub:
+        """The channel backend; over TLS as node ``as_node`` (it lets a node register and
+        use a session only as itself), else as an application."""
         if not self.targets.channel:
             raise Unsupported("the channel backend's address is unknown")
-        return cgrpc.ChannelStub(self.channel(self.targets.channel))
+        certs = self.targets.certs
+        if certs is None:
+            return cgrpc.ChannelStub(self._cached(self.targets.channel, "", lambda: None))
+        who = "app" if as_node is None else f"node:{as_node}"
+        channel = self._cached(
+            self.targets.channel,
+            who,
+            lambda: (
+                certs.app(CHANNELD_SERVER_NAME)
+                if as_node is None
+                else certs.as_node(as_node, CHANNELD_SERVER_NAME)
+            ),
+        )
+        return cgrpc.ChannelStub(channel)
+
+    def slots(self) -> list[Slot]:
+        """The spec-peer slots, over TLS those whose node credential the certificate
+        directory holds first (the others report the missing file when taken)."""
+        certs = self.targets.certs
+        if certs is None:
+            return list(self.targets.slots)
+        return sorted(self.targets.slots, key=lambda s: not certs.has(node_stem(s.name)))
 
     def slot(self, *, master: bool | None = None) -> Slot:
-        slot = self.targets.slot(master=master)
+        slot = next((s for s in self.slots() if master is None or s.master == master), None)
         if slot is None:
             role = {None: "", True: " that is its link's master", False: " that is a slave"}
             raise Unsupported(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qnet.interop import report, targets
 from qnet.interop.registry import Case, Context, Failed, Outcome, Result, Unsupported, all_cases
+from qnet.interop.tls import MissingCredential
 
 #: How long past its deadline a case's thread gets to finish before it is given up.
 _GRACE_S = 5.0
@@ -35,7 +36,7 @@ def run_case(
             box.append((Result.PASS, case.run(ctx)))
         except Failed as exc:
             box.append((Result.FAIL, str(exc)))
-        except Unsupported as exc:
+        except (Unsupported, MissingCredential) as exc:
             box.append((Result.UNSUPPORTED, str(exc)))
         except Exception as exc:  # a case's crash is the daemon's failure to answer sensibly
             tb = traceback.extract_tb(exc.__traceback__)[-1]
@@ -69,11 +70,12 @@ def select(cases: Sequence[Case], ids: Sequence[str]) -> list[Case]:
 
 
 def resolve(args: argparse.Namespace) -> targets.Targets:
+    certs = targets.certs_dir(Path(args.certs)) if args.certs else None
     if args.addresses:
-        tgts = targets.from_addresses(list(args.addresses))
+        tgts = targets.from_addresses(list(args.addresses), certs=certs)
     else:
         run_dir = Path(args.run_dir or os.environ.get("QNET_RUN_DIR") or ".qnet-run")
-        tgts = targets.from_run_dir(run_dir.absolute())
+        tgts = targets.from_run_dir(run_dir.absolute(), certs)
     return targets.complete(tgts)
 
 
@@ -90,9 +92,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"qnet interop: {exc}", file=sys.stderr)
         return 2
     slots = ", ".join(f"{s.name} (at {s.daemon})" for s in tgts.slots) or "none"
+    security = "plaintext" if tgts.certs is None else f"mutual TLS with {tgts.certs.path}"
     print(
         f"interop: {len(chosen)} cases against {', '.join(sorted(tgts.daemons))};"
-        f" spec-peer slots: {slots}",
+        f" spec-peer slots: {slots}; {security}",
         flush=True,
     )
     outcomes = []

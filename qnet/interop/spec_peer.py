@@ -15,6 +15,13 @@ What it does on its own, so that a daemon sees a well-behaved neighbour:
   the daemon's settings), acknowledges adverts and keeps the newest of each origin
   (``adverts``), and answers database queries with an empty description. It never sends an
   advert of its own, so the link to it fails the two-way check and no route uses it.
+
+With mutual TLS (``certs``) it is the slot's node in every respect: it dials the daemon's Peer
+service with the slot's certificate (``node-SLOT.pem``, which ``qnet certs`` makes for every
+node of the topology) and checks the daemon's against ``node.DAEMON.qnet``; it serves with the
+slot's certificate, requiring a client certificate of the CA, and checks that the daemon dials
+it back with its own (``hello_problems``). ``NodeAdmin.SetPeers`` goes on a separate channel
+as an application of the network.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import Any
 import grpc
 
 from qnet.interop.targets import Slot
-from qnet.interop.wire import VERSION, Pump, RequestQueue, Status, StreamEnded
+from qnet.interop.tls import CertDir, MissingCredential, node_server_name, peer_nodes
+from qnet.interop.wire import VERSION, Pump, RequestQueue, Status, StreamEnded, open_channel
 from qnet.v1 import node_pb2 as npb
 from qnet.v1 import node_pb2_grpc as ngrpc
 from qnet.v1 import peer_pb2 as ppb
@@ -86,7 +94,28 @@ class Dialed:
 
 
 class SpecPeer:
-    def __init__(self, slot: Slot, daemon_address: str, *, routing: bool = False) -> None:
+    def __init__(
+        self,
+        slot: Slot,
+        daemon_address: str,
+        *,
+        routing: bool = False,
+        certs: CertDir | None = None,
+    ) -> None:
+        # Every credential is read before anything is opened: a missing one (MissingCredential)
+        # leaves nothing to close.
+        self._server_credentials: grpc.ServerCredentials | None = None
+        peer_tls = admin_tls = None
+        if certs is not None:
+            try:
+                peer_tls = certs.as_node(slot.name, node_server_name(slot.daemon))
+                self._server_credentials = certs.node_server(slot.name)
+            except MissingCredential as exc:
+                raise MissingCredential(
+                    f"over TLS the spec peer plays slot {slot.name} with that node's"
+                    f" certificate: {exc}"
+                ) from None
+            admin_tls = certs.node_app(slot.daemon)
         self.name = slot.name
         self.daemon = slot.daemon
         self.daemon_address = daemon_address
@@ -100,7 +129,10 @@ class SpecPeer:
         self._changed = threading.Condition()
         self._sequence = 0
         self._routing_seq = 0
-        self._channel = grpc.insecure_channel(daemon_address)
+        self._channel = open_channel(daemon_address, peer_tls)
+        self._admin = (
+            self._channel if admin_tls is None else open_channel(daemon_address, admin_tls)
+        )
         self._server: grpc.Server | None = None
         self.address = ""
         self.main: Dialed | None = None
@@ -112,7 +144,10 @@ class SpecPeer:
         has dialed us back. Raises ``TimeoutError`` or ``ConnectionError`` naming the step."""
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="spec"))
         server.add_generic_rpc_handlers((self._handler(),))
-        port = server.add_insecure_port("127.0.0.1:0")
+        if self._server_credentials is None:
+            port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = server.add_secure_port("127.0.0.1:0", self._server_credentials)
         server.start()
         self._server = server
         self.address = f"127.0.0.1:{port}"
@@ -123,7 +158,7 @@ class SpecPeer:
         problem = check_answer_hello(answer, self.daemon, self._sequence)
         if problem:
             raise ConnectionError(problem)
-        ngrpc.NodeAdminStub(self._channel).SetPeers(
+        ngrpc.NodeAdminStub(self._admin).SetPeers(
             npb.SetPeersRequest(protocol_version=VERSION, addresses={self.name: self.address}),
             timeout=timeout,
         )
@@ -137,6 +172,8 @@ class SpecPeer:
         if self._server is not None:
             self._server.stop(grace=0.5).wait(5.0)
         self._channel.close()
+        if self._admin is not self._channel:
+            self._admin.close()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -214,6 +251,13 @@ class SpecPeer:
         if first is None:
             return
         problems = check_dial_hello(first, self.daemon, self.name)
+        if self._server_credentials is not None:
+            named = peer_nodes(context)
+            if self.daemon not in named:
+                wrong = f"certificate of {', '.join(named)}" if named else "no node's certificate"
+                problems = "; ".join(
+                    p for p in (problems, f"dialed with {wrong}, not {self.daemon}'s") if p
+                )
         if problems:
             with self._changed:
                 self.hello_problems.append(problems)

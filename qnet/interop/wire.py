@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 import grpc
 
+from qnet.interop.tls import BearerToken, ClientCredential
+
 #: The qnet wire protocol version this suite speaks (field 1 of every request and response).
 VERSION = 1
 #: Trailing-metadata key naming the qnet error type (node.proto, channel.proto).
@@ -25,8 +27,14 @@ T = TypeVar("T")
 _OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
-def open_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=_OPTIONS)
+def open_channel(address: str, tls: ClientCredential | None = None) -> grpc.Channel:
+    """A channel to ``address``: plaintext, or mutual TLS with ``tls``."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=_OPTIONS)
+    channel = grpc.secure_channel(
+        address, tls.channel_credentials(), options=[*_OPTIONS, *tls.options()]
+    )
+    return channel if tls.token is None else grpc.intercept_channel(channel, BearerToken(tls.token))
 
 
 @dataclass(frozen=True, slots=True)
