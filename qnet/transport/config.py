@@ -53,6 +53,11 @@ class TransportConfig:
     backlog: int = 16
     #: Out-of-order records named in one Ack.
     max_selective: int = 16
+    #: An Ack waits up to this long for a second record to cover (RFC 1122's delayed ACK):
+    #: through daemons every transport message crosses each node of the path, and an Ack
+    #: per record was half of them. A gap, a duplicate, a Fin or a handshake is acknowledged
+    #: at once, and so is every second record.
+    ack_delay_ns: int = 2 * _MS
 
     def check(self) -> None:
         for name in (
@@ -79,5 +84,7 @@ class TransportConfig:
             raise InvalidArgument("TransportConfig.teleport_prefetch must be ≥ 0")
         if self.idle_timeout_ns < 0:
             raise InvalidArgument("TransportConfig.idle_timeout_ns must be ≥ 0")
+        if self.ack_delay_ns < 0:
+            raise InvalidArgument("TransportConfig.ack_delay_ns must be ≥ 0 (0: no delay)")
         if not self.min_rto_ns <= self.max_rto_ns:
             raise InvalidArgument("TransportConfig: min_rto_ns must not exceed max_rto_ns")

@@ -99,6 +99,8 @@ class Connection:
         #: while some demand is open or the circuit is paused).
         self.circuit_paused = False
         self.idle_since: int | None = None
+        #: Since when an Ack waits to cover a second record (``TransportConfig.ack_delay_ns``).
+        self.ack_since: int | None = None
         self.sender = RecordSender(config, peer_conn, conn_id)
         self.receiver = RecordReceiver(config)
         self.pairs = PairStream(
@@ -236,6 +238,7 @@ class Connection:
         elif isinstance(record, Fin):
             if self.partial:
                 raise ProtocolError("Fin in the middle of a message")
+            self.receiver.ack_now = True  # the peer's close waits on it
             return True
         elif isinstance(record, Window):
             if record.data_limit < self.sender.data_limit:
@@ -312,7 +315,7 @@ class Connection:
             pairs.close_uses()
         for record in self.sender.transmit(now):
             self._out.append(SendTo(self.remote, record))
-        self.send_ack()
+        self.send_ack(now)
         self._pause_or_resume(now)
 
     def _pause_or_resume(self, now: int) -> None:
@@ -351,11 +354,19 @@ class Connection:
             self.granted = limit
             self.sender.queue_control(Window(*ids, limit))
 
-    def send_ack(self) -> None:
-        if self.receiver.ack_due:
-            self.receiver.ack_due = False
-            ack = Ack(self.peer_conn, self.id, self.receiver.next_seq, self.receiver.selective())
-            self._out.append(SendTo(self.remote, ack))
+    def send_ack(self, now: int) -> None:
+        receiver = self.receiver
+        if not receiver.ack_due:
+            return
+        if not receiver.ack_now and receiver.unacked < 2 and self.config.ack_delay_ns:
+            if self.ack_since is None:
+                self.ack_since = now
+            if now - self.ack_since < self.config.ack_delay_ns:
+                return  # (``deadlines`` brings us back)
+        self.ack_since = None
+        receiver.acked()
+        ack = Ack(self.peer_conn, self.id, receiver.next_seq, receiver.selective())
+        self._out.append(SendTo(self.remote, ack))
 
     # -- time ------------------------------------------------------------------------------------
 
@@ -399,6 +410,8 @@ class Connection:
             yield self.last_heard_ns + self.config.idle_timeout_ns
         if self.idle_since is not None and self.state is not ConnState.CLOSED:
             yield self.idle_since + self.config.pause_after_ns
+        if self.ack_since is not None:
+            yield self.ack_since + self.config.ack_delay_ns
         pairs_due = self.pairs.deadline()
         if pairs_due is not None:
             yield pairs_due

@@ -336,7 +336,7 @@ class TransportCore:
             raise ProtocolError(f"circuit {circuit} was not opened by {conn.remote}")
         before = conn.state
         conn.transition(ConnInput.HANDSHAKE_ACK)
-        conn.receiver.ack_due = True  # confirms it: the connector repeats it until then
+        conn.receiver.ack_due = conn.receiver.ack_now = True  # the connector repeats it until then
         if before is not ConnState.SYN_RECEIVED:
             if conn.circuit != circuit:
                 raise ProtocolError(f"HandshakeAck names circuit {circuit}, not {conn.circuit}")

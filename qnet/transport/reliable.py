@@ -242,8 +242,11 @@ class RecordReceiver:
         self._config = config
         self.next_seq = 1
         self._early: dict[int, RecordMessage] = {}
-        #: Some record arrived since the last Ack.
+        #: Some record arrived since the last Ack; how many; whether the Ack may not wait
+        #: (a gap or a duplicate: the sender needs to know at once).
         self.ack_due = False
+        self.unacked = 0
+        self.ack_now = False
         self.duplicates = 0
 
     def accept(self, record: RecordMessage) -> list[RecordMessage]:
@@ -251,15 +254,23 @@ class RecordReceiver:
         if record.seq < 1 or record.seq >= self.next_seq + MAX_AHEAD:
             raise ProtocolError(f"record number {record.seq} is out of range")
         self.ack_due = True
+        self.unacked += 1
         if record.seq < self.next_seq or record.seq in self._early:
             self.duplicates += 1
+            self.ack_now = True
             return []
+        if record.seq != self.next_seq:
+            self.ack_now = True
         self._early[record.seq] = record
         ready: list[RecordMessage] = []
         while self.next_seq in self._early:
             ready.append(self._early.pop(self.next_seq))
             self.next_seq += 1
         return ready
+
+    def acked(self) -> None:
+        self.ack_due = self.ack_now = False
+        self.unacked = 0
 
     def selective(self) -> tuple[int, ...]:
         return tuple(sorted(self._early)[: self._config.max_selective])

@@ -203,3 +203,30 @@ def test_messages_for_unknown_connections_are_reset() -> None:
     assert isinstance(reset, Reset)
     assert reset.dst_conn == a
     assert net.cores[B].counters["unknown_connection"] == before + 1
+
+
+def test_a_lone_record_is_acknowledged_after_the_delay_and_every_second_at_once() -> None:
+    # Pairs off: only the messages' records and their Acks travel.
+    net = Net(seed=1)
+    net.pairs_flowing = False
+    a, _ = established(net)
+    net.run(50 * MS)
+
+    def acks() -> int:
+        return sum(isinstance(m, Ack) for m in net.sent[B])
+
+    before = acks()
+    net.do(A, lambda core, now: core.send(a, b"one", now))
+    net.run(net.faults.delay_ns + CONFIG.ack_delay_ns // 2)  # arrived, not acknowledged yet
+    assert acks() == before
+    net.run(CONFIG.ack_delay_ns)
+    assert acks() == before + 1
+    # Two records at once: one Ack, at once.
+    net.do(A, lambda core, now: core.send(a, b"two", now))
+    net.do(A, lambda core, now: core.send(a, b"three", now))
+    net.run(net.faults.delay_ns + CONFIG.ack_delay_ns // 2)
+    assert acks() == before + 2
+    # A Fin is acknowledged at once (the peer's close waits on it).
+    net.do(A, lambda core, now: core.close(a, now))
+    net.run(net.faults.delay_ns + CONFIG.ack_delay_ns // 2)
+    assert acks() == before + 3

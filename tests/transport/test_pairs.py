@@ -386,7 +386,7 @@ def test_an_idle_epr_stream_gives_its_unclaimed_pairs_back(
     net.run_until(
         lambda: len(net.of(A, EprPair)) == taken[0] and len(net.of(B, EprPair)) == taken[1]
     )
-    net.run(500 * MS)  # the connector's stream goes idle; the release goes and is answered
+    net.run(3000 * MS)  # the connector's stream goes idle; the release goes and is answered
     # (Records lost on the way were sent again: once each, by their sequence numbers.)
     releases = {m.seq: m for m in net.sent[A] if isinstance(m, EprRelease)}
     cuts = {m.seq: m for m in net.sent[B] if isinstance(m, EprCut)}
