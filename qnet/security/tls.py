@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 
@@ -64,12 +64,10 @@ class ClientTLS:
         return replace(self, server_name=identity.dns_name)
 
     def credentials(self) -> grpc.ChannelCredentials:
-        ssl = grpc.ssl_channel_credentials(self.root_pem, self.key_pem, self.cert_pem)
-        if self.token is None:
-            return ssl
-        return grpc.composite_channel_credentials(
-            ssl, grpc.access_token_call_credentials(self.token)
-        )
+        # The token goes as plain call metadata (``client_channel``), not as grpc's
+        # ``access_token_call_credentials``: that plugin runs Python on grpc's own threads,
+        # and closing a channel after a failed handshake was seen to deadlock with it.
+        return grpc.ssl_channel_credentials(self.root_pem, self.key_pem, self.cert_pem)
 
     def options(self) -> list[tuple[str, int | str]]:
         if self.server_name is None:
@@ -87,12 +85,49 @@ def client_channel(
     """A channel to ``address``: plaintext when ``tls`` is None, else mutual TLS."""
     if tls is None:
         return insecure_channel(address, max_message_bytes=max_message_bytes, options=options)
-    return secure_channel(
+    channel = secure_channel(
         address,
         tls.credentials(),
         max_message_bytes=max_message_bytes,
         options=[*tls.options(), *options],
     )
+    if tls.token is None:
+        return channel
+    return grpc.intercept_channel(channel, _BearerToken(tls.token))
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, header: tuple[str, str]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = (*(details.metadata or ()), header)
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = details.compression
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """``authorization: Bearer TOKEN`` on every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = (TOKEN_KEY, f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_CallDetails(details, self._header), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_CallDetails(details, self._header), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(_CallDetails(details, self._header), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(_CallDetails(details, self._header), requests)
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,7 +363,7 @@ async def test_qubit_operations_sent_together_run_in_order_with_their_own_errors
                 ]
                 for request in batch:
                     await stream.send(request)
-                got = {}
+                got: dict[int, pb.SessionResponse] = {}
                 while len(got) < len(batch):
                     answer = await anext(responses)
                     got[answer.id] = answer
