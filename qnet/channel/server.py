@@ -14,7 +14,6 @@ import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
 
 import trio
 
@@ -23,6 +22,7 @@ from qnet.channel.wire import PROTOCOL_VERSION, check_version
 from qnet.errors import AlreadyExists, InvalidArgument, QnetError, Unauthenticated
 from qnet.physical.channel_core import ChannelCore
 from qnet.physical.events import HeraldEvent
+from qnet.runtime.alarm import Sleep, clock_alarm
 from qnet.runtime.clock import PhysicalClock
 from qnet.runtime.grpc_service import Malformed, malformed_error
 from qnet.security.identity import require_node
@@ -36,23 +36,6 @@ MAX_OPERATIONS = 10_000
 #: request) before the backend ends it and frees its qubits: a node daemon holds its stream for
 #: its whole life, so a stream that broke and stays closed is a daemon that died (kill -9).
 ORPHAN_LEASE_S = 1.0
-
-
-class _Sleep(Protocol):
-    """What a timer task sleeps on: a cancel scope, or the clock's alarm (``qnet.sim``'s
-    ``JumpClock`` keeps cheaper ones); setting ``deadline`` moves the wake-up."""
-
-    deadline: float
-
-
-class _Alarm(_Sleep, Protocol):
-    async def wait(self) -> None: ...
-
-
-def _clock_alarm() -> _Alarm | None:
-    """An alarm of the running trio clock if it keeps any (``qnet.sim.JumpClock``)."""
-    make = getattr(trio.lowlevel.current_clock(), "alarm", None)
-    return None if make is None else cast(_Alarm, make())
 
 
 @dataclass(eq=False)
@@ -87,7 +70,7 @@ class ChannelServer:
         #: The timer task's sleep while it sleeps: its deadline is the next herald's (or
         #: orphan lease's) time, and requests move it rather than wake the task, so a
         #: request that schedules nothing earlier costs no task switch.
-        self._sleep: _Sleep | None = None
+        self._sleep: Sleep | None = None
         #: (herald time in ns, its trio time) of the last conversion: most requests leave
         #: the next herald where it was.
         self._wake_memo: tuple[int | None, float] = (None, math.inf)
@@ -100,7 +83,7 @@ class ChannelServer:
         """Advance the core to each herald's time and deliver the heralds; runs until
         cancelled."""
         task_status.started()
-        alarm = _clock_alarm()
+        alarm = clock_alarm()
         try:
             while True:
                 if alarm is None:

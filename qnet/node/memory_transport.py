@@ -24,32 +24,15 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol, cast
 
 import trio
 
 from qnet.node.interfaces import Deliver, LinkChanged, PeerRestarted
 from qnet.node.peer_wire import Layer, WireMessage, layer_of
 from qnet.physical.heralding import fibre_delay_ns
+from qnet.runtime.alarm import Sleep, clock_alarm
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
-
-
-class _Sleep(Protocol):
-    """What a timer task sleeps on: a cancel scope, or the clock's alarm (``qnet.sim``'s
-    ``JumpClock`` keeps cheaper ones); setting ``deadline`` moves the wake-up."""
-
-    deadline: float
-
-
-class _Alarm(_Sleep, Protocol):
-    async def wait(self) -> None: ...
-
-
-def _clock_alarm() -> _Alarm | None:
-    """An alarm of the running trio clock if it keeps any (``qnet.sim.JumpClock``)."""
-    make = getattr(trio.lowlevel.current_clock(), "alarm", None)
-    return None if make is None else cast(_Alarm, make())
 
 
 class MemoryNetwork:
@@ -73,7 +56,7 @@ class MemoryNetwork:
         #: Light in flight: (arrival, order sent, source, its incarnation, destination, batch).
         self._heap: list[tuple[float, int, str, int, str, list[WireMessage]]] = []
         #: The delivery task's sleep while it sleeps (its deadline is the earliest arrival).
-        self._sleep: _Sleep | None = None
+        self._sleep: Sleep | None = None
         #: Bumped when a node stops: its light still in flight is lost with it.
         self._incarnation: dict[str, int] = {}
         self._order = itertools.count()
@@ -148,7 +131,7 @@ class MemoryNetwork:
     async def run(self) -> None:
         """Deliver the light in flight as it arrives; runs until cancelled."""
         heap = self._heap
-        alarm = _clock_alarm()
+        alarm = clock_alarm()
         try:
             while True:
                 at = heap[0][0] if heap else math.inf

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any
 
 import trio
 
@@ -62,28 +62,12 @@ from qnet.node.physical_ops import operations
 from qnet.node.routing_driver import NodeRouting
 from qnet.node.transport_driver import NodeTransport
 from qnet.physical.events import HeraldEvent
+from qnet.runtime.alarm import Sleep, clock_alarm
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
 from qnet.v1 import channel_pb2 as pb
 
 log = logging.getLogger("qnet.node")
-
-
-class _Sleep(Protocol):
-    """What a timer task sleeps on: a cancel scope, or the clock's alarm (``qnet.sim``'s
-    ``JumpClock`` keeps cheaper ones); setting ``deadline`` moves the wake-up."""
-
-    deadline: float
-
-
-class _Alarm(_Sleep, Protocol):
-    async def wait(self) -> None: ...
-
-
-def _clock_alarm() -> _Alarm | None:
-    """An alarm of the running trio clock if it keeps any (``qnet.sim.JumpClock``)."""
-    make = getattr(trio.lowlevel.current_clock(), "alarm", None)
-    return None if make is None else cast(_Alarm, make())
 
 
 @dataclass
@@ -153,7 +137,7 @@ class NodeRuntime:
         #: earlier or later, rather than wake the task: the task wakes only when a timer is
         #: due, not to re-read deadlines, nor for one that has since gone (an acknowledged
         #: retransmission).
-        self._sleep: _Sleep | None = None
+        self._sleep: Sleep | None = None
         self._sleep_until: int | None = None
         self._balancing = False
         #: Inputs being handled (``_balance_memory`` waits for the outermost to end).
@@ -585,7 +569,7 @@ class NodeRuntime:
                 return
 
     async def _timers(self) -> None:
-        alarm = _clock_alarm()
+        alarm = clock_alarm()
         try:
             while True:
                 due = self._read_deadlines()
