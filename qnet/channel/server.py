@@ -22,7 +22,7 @@ from qnet.channel.wire import PROTOCOL_VERSION, check_version
 from qnet.errors import AlreadyExists, InvalidArgument, QnetError, Unauthenticated
 from qnet.physical.channel_core import ChannelCore
 from qnet.physical.events import HeraldEvent
-from qnet.runtime.alarm import Sleep, clock_alarm
+from qnet.runtime.alarm import Wakeup
 from qnet.runtime.clock import PhysicalClock
 from qnet.runtime.grpc_service import Malformed, malformed_error
 from qnet.security.identity import require_node
@@ -70,7 +70,7 @@ class ChannelServer:
         #: The timer task's sleep while it sleeps: its deadline is the next herald's (or
         #: orphan lease's) time, and requests move it rather than wake the task, so a
         #: request that schedules nothing earlier costs no task switch.
-        self._sleep: Sleep | None = None
+        self._wakeup = Wakeup()
         #: (herald time in ns, its trio time) of the last conversion: most requests leave
         #: the next herald where it was.
         self._wake_memo: tuple[int | None, float] = (None, math.inf)
@@ -83,23 +83,11 @@ class ChannelServer:
         """Advance the core to each herald's time and deliver the heralds; runs until
         cancelled."""
         task_status.started()
-        alarm = clock_alarm()
-        try:
-            while True:
-                if alarm is None:
-                    with trio.CancelScope(deadline=self._wake_at()) as scope:
-                        self._sleep = scope
-                        await trio.sleep_forever()
-                else:
-                    alarm.deadline = self._wake_at()
-                    self._sleep = alarm
-                    await alarm.wait()
-                self._sleep = None
-                self._end_orphans()
-                self.core.advance(max(self.clock.now_ns(), self.core.now))
-                self._dispatch()
-        finally:
-            self._sleep = None
+        while True:
+            await self._wakeup.until(self._wake_at())
+            self._end_orphans()
+            self.core.advance(max(self.clock.now_ns(), self.core.now))
+            self._dispatch()
 
     def _wake_at(self) -> float:
         """Trio time the timer task must wake at: the next herald, or an orphan's lease."""
@@ -111,7 +99,7 @@ class ChannelServer:
         return min(memo[1], self._lease_deadline()) if self._orphans else memo[1]
 
     def _reschedule(self) -> None:
-        sleep = self._sleep
+        sleep = self._wakeup.sleep
         if sleep is not None:
             at = self._wake_at()
             if at != sleep.deadline:

@@ -30,7 +30,7 @@ import trio
 from qnet.node.interfaces import Deliver, LinkChanged, PeerRestarted
 from qnet.node.peer_wire import Layer, WireMessage, layer_of
 from qnet.physical.heralding import fibre_delay_ns
-from qnet.runtime.alarm import Sleep, clock_alarm
+from qnet.runtime.alarm import Wakeup
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
 
@@ -56,7 +56,7 @@ class MemoryNetwork:
         #: Light in flight: (arrival, order sent, source, its incarnation, destination, batch).
         self._heap: list[tuple[float, int, str, int, str, list[WireMessage]]] = []
         #: The delivery task's sleep while it sleeps (its deadline is the earliest arrival).
-        self._sleep: Sleep | None = None
+        self._wakeup = Wakeup()
         #: Bumped when a node stops: its light still in flight is lost with it.
         self._incarnation: dict[str, int] = {}
         self._order = itertools.count()
@@ -124,29 +124,16 @@ class MemoryNetwork:
             due = trio.current_time() + delay
             entry = (due, next(self._order), src, self._incarnation.get(src, 0), dst, kept)
             heapq.heappush(self._heap, entry)
-            sleep = self._sleep
+            sleep = self._wakeup.sleep
             if sleep is not None and due < sleep.deadline:
                 sleep.deadline = due
 
     async def run(self) -> None:
         """Deliver the light in flight as it arrives; runs until cancelled."""
         heap = self._heap
-        alarm = clock_alarm()
-        try:
-            while True:
-                at = heap[0][0] if heap else math.inf
-                if alarm is None:
-                    with trio.CancelScope(deadline=at) as scope:
-                        self._sleep = scope
-                        await trio.sleep_forever()
-                else:
-                    alarm.deadline = at
-                    self._sleep = alarm
-                    await alarm.wait()
-                self._sleep = None
-                self._arrive(trio.current_time())
-        finally:
-            self._sleep = None
+        while True:
+            await self._wakeup.until(heap[0][0] if heap else math.inf)
+            self._arrive(trio.current_time())
 
     def _arrive(self, now: float) -> None:
         heap = self._heap

@@ -62,7 +62,7 @@ from qnet.node.physical_ops import operations
 from qnet.node.routing_driver import NodeRouting
 from qnet.node.transport_driver import NodeTransport
 from qnet.physical.events import HeraldEvent
-from qnet.runtime.alarm import Sleep, clock_alarm
+from qnet.runtime.alarm import Wakeup
 from qnet.runtime.clock import PhysicalClock
 from qnet.topology import Topology
 from qnet.v1 import channel_pb2 as pb
@@ -137,7 +137,7 @@ class NodeRuntime:
         #: earlier or later, rather than wake the task: the task wakes only when a timer is
         #: due, not to re-read deadlines, nor for one that has since gone (an acknowledged
         #: retransmission).
-        self._sleep: Sleep | None = None
+        self._wakeup = Wakeup()
         self._sleep_until: int | None = None
         self._balancing = False
         #: Inputs being handled (``_balance_memory`` waits for the outermost to end).
@@ -530,7 +530,7 @@ class NodeRuntime:
             return
         else:
             due[key] = deadline
-        sleep = self._sleep
+        sleep = self._wakeup.sleep
         if sleep is None:
             return
         first = min(due.values()) if due else None
@@ -569,34 +569,21 @@ class NodeRuntime:
                 return
 
     async def _timers(self) -> None:
-        alarm = clock_alarm()
-        try:
-            while True:
-                due = self._read_deadlines()
-                first = min(due.values()) if due else None
-                self._sleep_until = first
-                at = math.inf if first is None else self.clock.trio_time(first)
-                if alarm is None:
-                    with trio.CancelScope(deadline=at) as scope:
-                        self._sleep = scope
-                        await trio.sleep_forever()
-                else:
-                    alarm.deadline = at
-                    self._sleep = alarm
-                    await alarm.wait()
-                self._sleep = None
-                # The clock reached the deadline; its float seconds may read a nanosecond
-                # short of it, which must not postpone the timer to the next wake.
-                now = self.now()
-                if self._sleep_until is not None:
-                    now = max(now, self._sleep_until)
-                # The cores whose deadline, as last read, has come (each checks its own
-                # afresh); one whose deadline moved earlier unseen is found by the full read
-                # before the next sleep, which then ends at once.
-                for key in [key for key, deadline in self._due.items() if deadline <= now]:
-                    self._fire(key, now)
-        finally:
-            self._sleep = None
+        while True:
+            due = self._read_deadlines()
+            first = min(due.values()) if due else None
+            self._sleep_until = first
+            await self._wakeup.until(math.inf if first is None else self.clock.trio_time(first))
+            # The clock reached the deadline; its float seconds may read a nanosecond short
+            # of it, which must not postpone the timer to the next wake.
+            now = self.now()
+            if self._sleep_until is not None:
+                now = max(now, self._sleep_until)
+            # The cores whose deadline, as last read, has come (each checks its own afresh);
+            # one whose deadline moved earlier unseen is found by the full read before the
+            # next sleep, which then ends at once.
+            for key in [key for key, deadline in self._due.items() if deadline <= now]:
+                self._fire(key, now)
 
     def _flush(self, link: _Link) -> None:
         """Move a core's outputs to where they go; never blocks.
