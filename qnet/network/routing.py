@@ -231,6 +231,14 @@ class RoutingCore:
         self._transition(peer, self._neighbour(peer), NeighbourInput.LINK_DOWN, now)
         self._finish(now)
 
+    def heard_from(self, peer: str, now: int) -> None:
+        """Something other than a hello came from ``peer``: it lives, though its hellos may
+        be late behind a backlog on a busy link. Its dead timer starts again; only hellos
+        move its state."""
+        nbr = self._nbrs.get(peer)
+        if nbr is not None and nbr.dead_ns is not None:
+            nbr.dead_ns = max(nbr.dead_ns, now + self.config.dead_interval_ns)
+
     def link_up(self, peer: str, now: int) -> None:
         """The transport reaches ``peer`` again: say hello now rather than at the next tick."""
         self._enter(now)

@@ -125,6 +125,11 @@ class NodeRouting:
         self.core.start(self.clock.now_ns())
         self._flush()
 
+    def heard_from(self, sender: str) -> None:
+        """Any message from ``sender`` proves it alive (``RoutingCore.heard_from``). A later
+        dead time needs no new wake-up: the timer finds it not yet due."""
+        self.core.heard_from(sender, self.clock.now_ns())
+
     def on_messages(self, sender: str, messages: Sequence[WireMessage]) -> None:
         now = self.clock.now_ns()
         for message in messages:

@@ -465,6 +465,9 @@ class NodeRuntime:
                 "%s: %d messages from %s, not a neighbour", self.name, len(messages), sender
             )
             return
+        # Hellos can sit behind a backlog of other messages on a busy link; what arrives at
+        # all shows the neighbour lives (its dead timer is for silence).
+        self.routing.heard_from(sender)
         by_family: dict[type, list[WireMessage]] = {}
         families = self._families
         for msg in messages:

@@ -302,3 +302,26 @@ def test_a_lone_node_converges_to_an_empty_table() -> None:
     net.converge_within_bound()
     assert net.cores["a"].table() == {}
     net.assert_routes_answer()  # b: Unreachable, naming it
+
+
+def test_other_traffic_keeps_a_neighbour_whose_hellos_are_late_alive() -> None:
+    core = _core(p=10.0)
+    core.start(0)
+    dead = CONFIG.dead_interval_ns
+    core.on_message("p", _hello("p", heard=("me",)), MS)
+    assert core.neighbours() == {"p": NeighbourState.UP}
+    # Its hellos wait behind a backlog, but its other messages keep coming.
+    now = MS
+    while now < 3 * dead:
+        now += dead // 3
+        core.heard_from("p", now)
+        core.on_timer(now)
+    assert core.neighbours() == {"p": NeighbourState.UP}
+    core.heard_from("nobody", now)  # not a neighbour: nothing to do
+    # Silence: the dead timer runs out as before.
+    core.on_timer(now + dead)
+    assert core.neighbours() == {"p": NeighbourState.DOWN}
+    # A neighbour that is down comes up only by a hello.
+    core.heard_from("p", now + dead + MS)
+    core.on_timer(now + 3 * dead)
+    assert core.neighbours() == {"p": NeighbourState.DOWN}
