@@ -456,10 +456,10 @@ class PairStream:
     def _cut_epr(self, first: int) -> None:
         """Release the epr stream's pairs numbered ``first`` and on (assigned, not taken)."""
         keep = first - self.epr_given
-        cut = list(self.epr_queue)[keep:]
-        self.epr_queue = deque(list(self.epr_queue)[:keep])
+        queued = list(self.epr_queue)
+        self.epr_queue = deque(queued[:keep])
         self.epr_assigned = first
-        for index in cut:
+        for index in queued[keep:]:
             if index in self.held:
                 self._free((self._consume(index).qubit,))
             else:
