@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,24 +37,37 @@ SLOTS = ("a0-spec", "zz-spec")
 SUITE_TIMEOUT_S = 75
 
 
-def interop(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def interop(
+    *args: str | Path, timeout_s: float = SUITE_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """`qnet interop ARGS`; one that overruns is made to dump its threads' stacks (SIGABRT
+    with faulthandler on) before the test fails, so a hang says where it hangs."""
     env = {k: v for k, v in os.environ.items() if k != "QNET_RUN_DIR"}
-    return subprocess.run(
-        [sys.executable, "-m", "qnet", "interop", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        env=env,
-        check=False,
-    )
+    env["PYTHONFAULTHANDLER"] = "1"
+    argv = [sys.executable, "-m", "qnet", "interop", *map(str, args)]
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            pytest.fail(f"{' '.join(argv)} did not finish in {timeout_s} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("qnet-run")
+@contextmanager
+def network_with_free_slots(topology: Path, path: Path) -> Iterator[Path]:
+    """`qnet up TOPOLOGY` in run directory ``path`` with the spec-peer slots' daemons stopped;
+    on leaving, `qnet down` and every recorded PID stopped, whatever happened."""
     subreaper = _set_subreaper(True)
     try:
-        up = qnet("up", TOPOLOGY, "--run-dir", path)
+        up = qnet("up", topology, "--run-dir", path)
         assert up.returncode == 0, up.stderr
         nodes = json.loads((path / "state.json").read_text())["nodes"]
         stop = qnet("stop", *SLOTS, "--run-dir", path)
@@ -68,6 +83,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         _kill_leftovers(pids)
         if subreaper:
             _set_subreaper(False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with network_with_free_slots(TOPOLOGY, tmp_path_factory.mktemp("qnet-run")) as path:
+        yield path
 
 
 def test_every_case_passes_against_our_daemons(run_dir: Path, tmp_path: Path) -> None:

@@ -17,23 +17,17 @@ this network is left.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.interop.test_interop_process import SLOTS, SUITE_TIMEOUT_S, TOPOLOGY
-from tests.process.test_qnet_up import (
-    _kill_leftovers,
-    _reap,
-    _recorded_pids,
-    _set_subreaper,
-    qnet,
+from tests.interop.test_interop_process import (
+    TOPOLOGY,
+    interop,
+    network_with_free_slots,
 )
 
 pytestmark = pytest.mark.process
@@ -41,30 +35,6 @@ pytestmark = pytest.mark.process
 TARGETS = ("alice", "r1", "r2", "bob")
 #: Bound on a run of a few quick cases, or of a refusal to start.
 SHORT_TIMEOUT_S = 30
-
-
-def interop(
-    *args: str | Path, timeout_s: float = SUITE_TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    """`qnet interop ARGS`; one that overruns is made to dump its threads' stacks (SIGABRT
-    with faulthandler on) before the test fails, so a hang says where it hangs."""
-    env = {k: v for k, v in os.environ.items() if k != "QNET_RUN_DIR"}
-    env["PYTHONFAULTHANDLER"] = "1"
-    argv = [sys.executable, "-m", "qnet", "interop", *map(str, args)]
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)
-            try:
-                out, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            pytest.fail(f"{' '.join(argv)} did not finish in {timeout_s} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def _matrix(out: str) -> str:
@@ -86,24 +56,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("qnet-tls")
     topology = base / "interop_tls.toml"
     topology.write_text(TOPOLOGY.read_text() + '\n[security]\ntls = "on"\n')
-    path = base / "run"
-    subreaper = _set_subreaper(True)
-    try:
-        up = qnet("up", topology, "--run-dir", path)
-        assert up.returncode == 0, up.stderr
-        nodes = json.loads((path / "state.json").read_text())["nodes"]
-        stop = qnet("stop", *SLOTS, "--run-dir", path)
-        assert stop.returncode == 0, stop.stderr
-        if subreaper:
-            for slot in SLOTS:
-                _reap(int(nodes[slot]["pid"]))
+    with network_with_free_slots(topology, base / "run") as path:
         yield path
-    finally:
-        pids = _recorded_pids(path)
-        qnet("down", "--run-dir", path)
-        _kill_leftovers(pids)
-        if subreaper:
-            _set_subreaper(False)
     # Every daemon of this network names the base directory in its arguments (its topology
     # or certificates); other networks on the machine do not.
     assert _leftovers(base) == ""

@@ -8,8 +8,6 @@ again, after which an application gets pairs and messages as before.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 
@@ -20,7 +18,7 @@ import qnet
 from qnet.daemon import procs
 from qnet.errors import Unreachable
 from tests.process.test_circuits_process import END_BOUND_S, _up
-from tests.process.test_faults_process import _connect, _exchange, _Stream, _stream
+from tests.process.test_faults_process import _exchange, _killed_mid_stream
 from tests.process.test_qnet_up import ROOT, Network, _reap
 from tests.process.test_qnet_up import qnet as run_qnet
 from tests.process.test_routes_process import _state
@@ -49,18 +47,11 @@ async def test_a_killed_backend_ends_the_nodes_and_restart_brings_them_back(
             qnet.open_node("alice", run_dir=run) as alice,
             qnet.open_node("bob", run_dir=run) as bob,
         ):
-            cli, conn = await _connect(alice, bob)
-            head, tail = _Stream(), _Stream()
-            going = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stream, cli, head, going)
-                nursery.start_soon(_stream, conn, tail, trio.Event())
-                await going.wait()
-                killed = time.monotonic()
-                os.kill(channel_pid, signal.SIGKILL)
-            for end in (head, tail):
+            async with _killed_mid_stream(alice, bob, channel_pid) as kill:
+                pass
+            for end in (kill.head, kill.tail):
                 assert isinstance(end.error, Unreachable), end
-            ended = max(head.failed_at, tail.failed_at) - killed
+            ended = max(kill.head.failed_at, kill.tail.failed_at) - kill.at
             assert ended <= END_BOUND_S + EXIT_BOUND_S
         for name, pid in node_pids.items():
             assert await procs.wait_exit(pid, EXIT_BOUND_S), f"{name} still runs"

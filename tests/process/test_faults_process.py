@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,33 @@ async def _stream(sock: AsyncSocket, out: _Stream, started: trio.Event, n: int =
         out.failed_at = time.monotonic()
 
 
+@dataclass
+class _Kill:
+    """Both ends of a connection that streamed when ``pid`` was killed at ``at``."""
+
+    head: _Stream
+    tail: _Stream
+    at: float
+    nursery: trio.Nursery
+
+
+@asynccontextmanager
+async def _killed_mid_stream(alice: AsyncNode, bob: AsyncNode, pid: int) -> AsyncIterator[_Kill]:
+    """alice and bob stream over a new connection; once it runs, ``pid`` gets SIGKILL. The
+    block runs in the streams' nursery (to watch the aftermath beside them); leaving it waits
+    until both ends have failed."""
+    cli, conn = await _connect(alice, bob)
+    head, tail = _Stream(), _Stream()
+    going = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stream, cli, head, going)
+        nursery.start_soon(_stream, conn, tail, trio.Event())
+        await going.wait()
+        at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        yield _Kill(head, tail, at, nursery)
+
+
 async def _exchange(alice: AsyncNode, bob: AsyncNode, rounds: int = 3) -> int:
     cli, conn = await _connect(alice, bob)
     pairs = 0
@@ -169,16 +197,9 @@ async def test_killing_a_repeater_mid_stream(diamond: Network) -> None:
             qnet.open_node("alice", run_dir=run) as alice,
             qnet.open_node("bob", run_dir=run) as bob,
         ):
-            cli, conn = await _connect(alice, bob)
-            head, tail = _Stream(), _Stream()
-            going = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stream, cli, head, going)
-                nursery.start_soon(_stream, conn, tail, trio.Event())
-                await going.wait()
-                pid = int(str(nodes["r1"]["pid"]))
-                killed = time.monotonic()
-                os.kill(pid, signal.SIGKILL)
+            pid = int(str(nodes["r1"]["pid"]))
+            async with _killed_mid_stream(alice, bob, pid) as kill:
+                killed = kill.at
 
                 async def freed() -> None:
                     FIGURES["backend freed r1's qubits"] = await _freed(diamond, "r1")
@@ -190,8 +211,9 @@ async def test_killing_a_repeater_mid_stream(diamond: Network) -> None:
                     await _without(str(nodes["r2"]["address"]), "r1")
                     FIGURES["every node's routes dropped r1"] = time.monotonic() - killed
 
-                nursery.start_soon(freed)
-                nursery.start_soon(routes)
+                kill.nursery.start_soon(freed)
+                kill.nursery.start_soon(routes)
+            head, tail = kill.head, kill.tail
             if diamond.subreaper:
                 _reap(pid)
             for end in (head, tail):
