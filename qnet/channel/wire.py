@@ -122,6 +122,7 @@ def link_params_from_wire(msg: pb.LinkParams) -> LinkParams:
         source_fidelity=msg.source_fidelity or default.source_fidelity,
         bright_state=msg.bright_state or default.bright_state,
         attempt_overhead_ns=msg.attempt_overhead_ns or default.attempt_overhead_ns,
+        multiplexing=msg.multiplexing or default.multiplexing,
     )
 
 
@@ -135,6 +136,7 @@ def link_params_to_wire(params: LinkParams) -> pb.LinkParams:
         source_fidelity=params.source_fidelity,
         bright_state=params.bright_state,
         attempt_overhead_ns=params.attempt_overhead_ns,
+        multiplexing=params.multiplexing,
     )
 
 

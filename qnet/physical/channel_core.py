@@ -82,6 +82,21 @@ class _Node:
 
 
 @dataclass(slots=True)
+class _Attempts:
+    """One memory pair attempting. Its draw (success after ``attempts`` cycles from
+    ``started_ns``) holds until it succeeds or the pair breaks up: keeping it, rather than
+    drawing again whenever another pair of the link changes, keeps each pair's own cycle
+    phase."""
+
+    qa: int
+    qb: int
+    alpha: float | None
+    started_ns: int
+    attempts: int
+    success_ns: int
+
+
+@dataclass(slots=True)
 class _Link:
     a: str  # the lower name: its bright-state setting decides when the ends differ
     b: str
@@ -90,10 +105,9 @@ class _Link:
     rng: random.Random
     sequence: int = 0
     epoch: int = 0  # bumped whenever the scheduled success no longer holds
-    scheduled: bool = False  # a success is on the heap for the current epoch
-    started_ns: int = 0
-    cycle_ns: int = 0  # cycle of the running attempts
-    carried_attempts: int = 0  # attempts made since the last success, before a restart
+    #: The pairs attempting now: armed[a][i] with armed[b][i] for i < multiplexing.
+    running: list[_Attempts] = field(default_factory=list)
+    carried_attempts: int = 0  # attempts of pairs that broke up before succeeding
     successes: int = 0
     models: dict[float, HeraldingModel] = field(default_factory=dict)
 
@@ -103,6 +117,10 @@ class _Link:
         if found is None:
             found = self.models[key] = heralding_model(self.params, key)
         return found
+
+    def parallel(self) -> int:
+        """How many armed pairs should be attempting."""
+        return min(self.params.multiplexing, len(self.armed[self.a]), len(self.armed[self.b]))
 
 
 class ChannelCore:
@@ -121,7 +139,7 @@ class ChannelCore:
         self._owner: dict[int, str] = {}
         self._last: dict[int, int] = {}
         self._armed_on: dict[int, str] = {}
-        self._heap: list[tuple[int, int, str, int, int]] = []  # time, tiebreak, link, epoch, n
+        self._heap: list[tuple[int, int, str, int]] = []  # time, tiebreak, link, epoch
         self._tiebreak = 0
         self._next_qubit = 1
         self._events: list[HeraldEvent] = []
@@ -136,18 +154,18 @@ class ChannelCore:
             raise InvalidArgument(f"time went backwards: {now} ns < {self.now} ns")
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, lid, epoch, attempts = heapq.heappop(heap)
+            when, _, lid, epoch = heapq.heappop(heap)
             link = self._links[lid]
             if epoch != link.epoch:
                 continue
             self.now = when
-            self._succeed(link, when, attempts)
+            self._succeed(link, when)
         self.now = now
 
     def next_deadline(self) -> int | None:
         heap = self._heap
         while heap:
-            when, _, lid, epoch, _ = heap[0]
+            when, _, lid, epoch = heap[0]
             if self._links[lid].epoch == epoch:
                 return when
             heapq.heappop(heap)
@@ -340,7 +358,7 @@ class ChannelCore:
             self._last[q] = now
             self._armed_on[q] = link_id(link.a, link.b)
             queue.append((q, bright_state))
-        if not link.scheduled:
+        if len(link.running) < link.parallel():
             self._reschedule(link, now)
         return len(queue)
 
@@ -430,78 +448,98 @@ class ChannelCore:
         queue.clear()
         for q in out:
             del self._armed_on[q]
-        self._interrupt(link, self.now)
+        self._reschedule(link, self.now)
         return out
 
     def _disarm_one(self, link: _Link, node: str, qubit: int) -> None:
         queue = link.armed[node]
-        was_head = bool(queue) and queue[0][0] == qubit
-        link.armed[node] = deque(item for item in queue if item[0] != qubit)
+        index = next(i for i, item in enumerate(queue) if item[0] == qubit)
+        del queue[index]
         del self._armed_on[qubit]
-        if was_head:
+        # Only the first ``len(running)`` qubits at each end attempt; one further back
+        # changes no pairing.
+        if index < len(link.running):
             self._reschedule(link, self.now)
 
-    def _interrupt(self, link: _Link, now: int) -> None:
-        """Drop the scheduled success, keeping count of the attempts already made."""
-        if link.scheduled:
-            link.carried_attempts += (now - link.started_ns) // link.cycle_ns
-        link.scheduled = False
-        link.epoch += 1
-
     def _reschedule(self, link: _Link, now: int) -> None:
-        """(Re)start attempts from ``now`` if both ends are armed. Attempts are memoryless, so
-        a restart changes no statistics; it only happens when a head of the queues changes."""
-        self._interrupt(link, now)
-        heads_a, heads_b = link.armed[link.a], link.armed[link.b]
-        if not heads_a or not heads_b:
+        """Match the attempting pairs to the armed queues from ``now`` on. A pair still
+        there keeps its draw; a new one (both qubits newly paired) draws from ``now``; one
+        that broke up (disarmed, or its partner changed) gives up its attempts so far to
+        the link's next herald. Attempts are memoryless, so a fresh draw at a restart
+        changes no statistics."""
+        queue_a, queue_b = link.armed[link.a], link.armed[link.b]
+        old = {(r.qa, r.qb, r.alpha): r for r in link.running}
+        running: list[_Attempts] = []
+        for i in range(link.parallel()):
+            qa, alpha = queue_a[i]
+            qb = queue_b[i][0]
+            kept = old.pop((qa, qb, alpha), None)
+            if kept is None:
+                model = link.model(alpha)
+                attempts = model.draw_attempts(link.rng)
+                kept = _Attempts(qa, qb, alpha, now, attempts, now + attempts * model.cycle_ns)
+            running.append(kept)
+        for gone in old.values():
+            cycle = link.model(gone.alpha).cycle_ns
+            link.carried_attempts += (now - gone.started_ns) // cycle
+        link.running = running
+        link.epoch += 1
+        if not running:
             return
-        model = link.model(heads_a[0][1])
-        attempts = model.draw_attempts(link.rng)
-        link.scheduled = True
-        link.started_ns = now
-        link.cycle_ns = model.cycle_ns
         self._tiebreak += 1
         heapq.heappush(
             self._heap,
             (
-                now + attempts * model.cycle_ns,
+                min(r.success_ns for r in running),
                 self._tiebreak,
                 link_id(link.a, link.b),
                 link.epoch,
-                attempts,
             ),
         )
 
-    def _succeed(self, link: _Link, when: int, drawn: int) -> None:
-        link.scheduled = False
-        attempts = drawn + link.carried_attempts
-        link.carried_attempts = 0
-        qa, alpha = link.armed[link.a].popleft()
-        qb, _ = link.armed[link.b].popleft()
-        del self._armed_on[qa]
-        del self._armed_on[qb]
-        model = link.model(alpha)
-        index = HERALDED_INDICES[link.rng.random() < 0.5]
-        self.engine.set_state((qa, qb), model.states[index])
-        emitted = when - model.flight_ns
-        self._last[qa] = emitted
-        self._last[qb] = emitted
-        link.sequence += 1
-        link.successes += 1
+    def _succeed(self, link: _Link, when: int) -> None:
+        """Every attempting pair whose success falls at ``when`` is heralded, in queue order,
+        each with its own sequence number."""
         lid = link_id(link.a, link.b)
-        for node, peer, q in ((link.a, link.b, qa), (link.b, link.a, qb)):
-            self._events.append(
-                HeraldEvent(
-                    node=node,
-                    peer=peer,
-                    link_id=lid,
-                    sequence=link.sequence,
-                    qubit=q,
-                    bell_index=index,
-                    attempts=attempts,
-                    emitted_ns=emitted,
-                    time_ns=when,
-                    bright_state=model.bright_state,
+        queue_a, queue_b = link.armed[link.a], link.armed[link.b]
+        for r in link.running:
+            if r.success_ns != when:
+                continue
+            attempts = r.attempts + link.carried_attempts
+            link.carried_attempts = 0
+            _remove_armed(queue_a, r.qa)
+            _remove_armed(queue_b, r.qb)
+            del self._armed_on[r.qa]
+            del self._armed_on[r.qb]
+            model = link.model(r.alpha)
+            index = HERALDED_INDICES[link.rng.random() < 0.5]
+            self.engine.set_state((r.qa, r.qb), model.states[index])
+            emitted = when - model.flight_ns
+            self._last[r.qa] = emitted
+            self._last[r.qb] = emitted
+            link.sequence += 1
+            link.successes += 1
+            for node, peer, q in ((link.a, link.b, r.qa), (link.b, link.a, r.qb)):
+                self._events.append(
+                    HeraldEvent(
+                        node=node,
+                        peer=peer,
+                        link_id=lid,
+                        sequence=link.sequence,
+                        qubit=q,
+                        bell_index=index,
+                        attempts=attempts,
+                        emitted_ns=emitted,
+                        time_ns=when,
+                        bright_state=model.bright_state,
+                    )
                 )
-            )
+        link.running = [r for r in link.running if r.success_ns != when]
         self._reschedule(link, when)
+
+
+def _remove_armed(queue: deque[tuple[int, float | None]], qubit: int) -> None:
+    if queue[0][0] == qubit:
+        queue.popleft()  # the usual case: without multiplexing, always
+        return
+    del queue[next(i for i, item in enumerate(queue) if item[0] == qubit)]

@@ -20,7 +20,9 @@ class HeraldEvent:
     qubit: int
     #: Heralded Bell state, x + 2z for (I ⊗ X^x Z^z)|Φ+⟩.
     bell_index: int
-    #: Attempts since the previous success on the link (or since both ends were armed).
+    #: Attempts of this memory pair since it began attempting, plus those of pairs that broke
+    #: up (a qubit disarmed) since the link's previous success: with one pair attempting at a
+    #: time, every attempt since the previous success (or since both ends were armed).
     attempts: int
     #: When the successful attempt's photons left the memories (decoherence counts from here).
     emitted_ns: int

@@ -56,7 +56,8 @@ class HeraldingModel:
 
     @property
     def rate_hz(self) -> float:
-        """Expected pairs per second while both ends stay armed: p per cycle."""
+        """Expected pairs per second from one memory pair while it stays armed: p per cycle.
+        Pairs attempt independently, so a link attempting with m pairs makes m times that."""
         return self.success_probability / (self.cycle_ns * 1e-9)
 
     def fidelity(self, bell_index: int = 1) -> float:

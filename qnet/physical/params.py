@@ -14,6 +14,8 @@ from qnet.errors import InvalidArgument
 
 #: Speed of light in fibre, metres per second.
 FIBRE_LIGHT_SPEED_M_PER_S = 2.0e8
+#: Most memory pairs one link may attempt with at once: no node holds more qubits than this.
+MAX_MULTIPLEXING = 100_000
 
 
 class Scheme(Enum):
@@ -79,6 +81,10 @@ class LinkParams:
     source_fidelity: float = 1.0
     bright_state: float = 0.1
     attempt_overhead_ns: int = 1000
+    #: How many armed memory-qubit pairs attempt at the same time (several emitters, or a
+    #: multimode memory): the i-th armed qubit at one end with the i-th at the other, for the
+    #: first ``multiplexing`` of them.
+    multiplexing: int = 1
 
     def __post_init__(self) -> None:
         _check("length_km", self.length_km, 0.0, 20_000.0)
@@ -96,6 +102,15 @@ class LinkParams:
             raise InvalidArgument(
                 f"attempt_overhead_ns must be an integer in [1, 1e12], got"
                 f" {self.attempt_overhead_ns!r}"
+            )
+        if (
+            not isinstance(self.multiplexing, int)
+            or isinstance(self.multiplexing, bool)
+            or not 1 <= self.multiplexing <= MAX_MULTIPLEXING
+        ):
+            raise InvalidArgument(
+                f"multiplexing must be an integer in [1, {MAX_MULTIPLEXING}] (memory pairs"
+                f" attempting at once), got {self.multiplexing!r}"
             )
 
     def as_dict(self) -> dict[str, object]:

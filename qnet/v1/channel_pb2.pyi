@@ -173,6 +173,7 @@ class LinkParams(_message.Message):
     SOURCE_FIDELITY_FIELD_NUMBER: _builtins.int
     BRIGHT_STATE_FIELD_NUMBER: _builtins.int
     ATTEMPT_OVERHEAD_NS_FIELD_NUMBER: _builtins.int
+    MULTIPLEXING_FIELD_NUMBER: _builtins.int
     length_km: _builtins.float
     attenuation_db_per_km: _builtins.float
     """0 means the default 0.2 dB/km"""
@@ -188,6 +189,10 @@ class LinkParams(_message.Message):
     """default single-click α; 0 means 0.1"""
     attempt_overhead_ns: _builtins.int
     """local preparation per attempt; 0 means 1000 ns"""
+    multiplexing: _builtins.int
+    """Armed memory pairs that attempt at the same time (the i-th armed qubit at each end, for
+    the first `multiplexing`); 0 means 1.
+    """
     def __init__(
         self,
         *,
@@ -199,10 +204,11 @@ class LinkParams(_message.Message):
         source_fidelity: _builtins.float = ...,
         bright_state: _builtins.float = ...,
         attempt_overhead_ns: _builtins.int = ...,
+        multiplexing: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_overhead_ns", b"attempt_overhead_ns", "attenuation_db_per_km", b"attenuation_db_per_km", "bright_state", b"bright_state", "detector_efficiency", b"detector_efficiency", "emission_efficiency", b"emission_efficiency", "length_km", b"length_km", "scheme", b"scheme", "source_fidelity", b"source_fidelity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_overhead_ns", b"attempt_overhead_ns", "attenuation_db_per_km", b"attenuation_db_per_km", "bright_state", b"bright_state", "detector_efficiency", b"detector_efficiency", "emission_efficiency", b"emission_efficiency", "length_km", b"length_km", "multiplexing", b"multiplexing", "scheme", b"scheme", "source_fidelity", b"source_fidelity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,7 +352,7 @@ class LinkTheory(_message.Message):
     cycle_ns: _builtins.int
     """duration of one attempt"""
     rate_hz: _builtins.float
-    """expected pairs per second while both ends are armed"""
+    """expected pairs per second per armed memory pair"""
     fidelity: _builtins.float
     """fidelity of a fresh pair with its heralded Bell state"""
     transmissivity: _builtins.float
@@ -623,7 +629,9 @@ Global___BellMeasureResponse: _TypeAlias = BellMeasureResponse  # noqa: Y015
 @_typing.final
 class StartGenerationRequest(_message.Message):
     """Arm memory qubits for heralded generation with `peer`. Attempts run while both ends have an
-    armed qubit; each success consumes the oldest armed qubit at each end and heralds both.
+    armed qubit: the i-th armed qubit at one end with the i-th at the other, for the first
+    `multiplexing` (LinkParams) of them, each pair on its own. A success consumes that pair's
+    two qubits and heralds both; pairs further back move up.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -771,7 +779,9 @@ class Herald(_message.Message):
     """the local half"""
     bell_index: _builtins.int
     attempts: _builtins.int
-    """attempts since the previous success (or since arming)"""
+    """Attempts of this memory pair since it began (arming, or a qubit ahead of it succeeding),
+    plus those of pairs disarmed since the link's previous success before they succeeded.
+    """
     emitted_ns: _builtins.int
     """when the successful attempt's photons left the memories"""
     link_id: _builtins.str
