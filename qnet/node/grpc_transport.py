@@ -603,6 +603,9 @@ class GrpcPeerTransport:
             while not link.queue:
                 link.ready = trio.Event()
                 await link.ready.wait()
+            # Let the tasks woken with us queue theirs first: a batch costs gRPC far more than
+            # a message in it, and this waits for no timer.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             count = min(len(link.queue), self.max_batch)
             messages = [link.queue.popleft() for _ in range(count)]
             try:

@@ -284,6 +284,7 @@ class NodeRuntime:
         is the application's. ``NoMemory`` after ``timeout_ns`` of physical time."""
         deadline = self.now() + timeout_ns
         self._app_waiting += 1
+        balanced = False
         try:
             while True:
                 try:
@@ -291,7 +292,12 @@ class NodeRuntime:
                 except NoMemory:
                     if self.now() >= deadline:
                         raise
-                    self._balance_memory()
+                    if not balanced:
+                        # Once, for the link cores to count this wait. Balancing wakes every
+                        # waiting allocation: two that balanced on each wake-up would wake
+                        # each other for ever without time passing.
+                        self._balance_memory()
+                        balanced = True
                     changed = self._memory_changed
                     with trio.move_on_at(self.clock.trio_time(deadline)):
                         await changed.wait()

@@ -49,6 +49,11 @@ class TransportConfig:
     teleport_prefetch: int = 2
     prefetch_idle_ns: int = 20 * _MS
     max_ready_age_ns: int = 20 * _MS
+    #: Pairs the accepting end keeps undecided when no demand of either end wants them, for
+    #: the next call, rather than releasing them at once; each for up to
+    #: ``max_ready_age_ns``. The memory they hold at both ends slows the circuit down to the
+    #: applications' pace, where releasing them cost a whole end-to-end pair's work each.
+    hold_pairs: int = 2
     #: Established connections a listener keeps for ``accept`` (plus those handshaking).
     backlog: int = 16
     #: Out-of-order records named in one Ack.
@@ -80,6 +85,8 @@ class TransportConfig:
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"TransportConfig.{name} must be > 0")
+        if self.hold_pairs < 0:
+            raise InvalidArgument("TransportConfig.hold_pairs must be ≥ 0")
         if self.teleport_prefetch < 0:
             raise InvalidArgument("TransportConfig.teleport_prefetch must be ≥ 0")
         if self.idle_timeout_ns < 0:

@@ -113,6 +113,7 @@ class Connection:
             prefetch=config.teleport_prefetch,
             prefetch_idle_ns=config.prefetch_idle_ns,
             max_ready_age_ns=config.max_ready_age_ns,
+            hold=config.hold_pairs,
             out=out,
             new_tag=new_tag,
             new_measure_tag=lambda: new_measure_tag(conn_id),
@@ -245,7 +246,9 @@ class Connection:
                 raise ProtocolError("a Window took back bytes it granted")
             self.sender.data_limit = record.data_limit
         elif isinstance(record, PairDemand):
-            self.pairs.on_demand(record.epr_limit, record.measures, record.teleports)
+            self.pairs.on_demand(
+                record.epr_limit, record.measures, record.teleports, self.last_heard_ns
+            )
         elif isinstance(record, PairUses):
             self.pairs.on_uses(record.first_index, record.uses)
         elif isinstance(record, PairsEnd):

@@ -107,6 +107,7 @@ class PairStream:
         prefetch: int = 0,
         prefetch_idle_ns: int = 0,
         max_ready_age_ns: int = 0,
+        hold: int = 0,
         out: list[Output],
         new_tag: Callable[[], int],
         new_measure_tag: Callable[[], int],
@@ -119,6 +120,7 @@ class PairStream:
         self.prefetch = prefetch
         self.prefetch_idle_ns = prefetch_idle_ns
         self.max_ready_age_ns = max_ready_age_ns
+        self.hold = hold
         self._out = out
         self._new_tag = new_tag
         self._new_measure_tag = new_measure_tag
@@ -127,7 +129,9 @@ class PairStream:
         #: Pairs here and not consumed, by index; and the uses known for unconsumed indices.
         self.held: dict[int, HeldPair] = {}
         self.use_of: dict[int, PairUse] = {}
-        #: Allocator: pairs that came before a lower index (decided in index order).
+        #: Allocator: pairs not decided yet: those that came before a lower index (decided
+        #: in index order), and up to ``hold`` that no demand wanted when they came, kept for
+        #: the next demand rather than released (``_hold_head``).
         self.early: dict[int, HeldPair] = {}
         #: Allocator: next index to decide. Follower: next index a PairUses must start at.
         self.next_index = 0
@@ -192,6 +196,8 @@ class PairStream:
         self.peer_measures = 0
         self.peer_teleports = 0
         self.peer_teleports_assigned = 0
+        #: Allocator: the follower's demand last changed before this (``_in_use``).
+        self.peer_active_until = 0
         # Allocator output for the connection to send: uses from ``uses_first`` on; whether
         # PairsEnd is due. Both ends: Teleport bits, in send order.
         self.uses_out: list[int] = []
@@ -211,6 +217,7 @@ class PairStream:
     def want_measures(self, count: int, basis: Basis) -> None:
         self.measure_bases.extend([basis] * count)
         self.measures_requested += count
+        self._progress()
         self._check_ended()
 
     def send_qubit(self, qubit: int, now: int = 0) -> None:
@@ -252,9 +259,6 @@ class PairStream:
                 self._free((pair.qubit,))
                 raise ProtocolError(f"pair {index} of connection {self.conn} delivered twice")
             self.early[index] = pair
-            while self.next_index in self.early:
-                self._decide(self.early.pop(self.next_index))
-                self.next_index += 1
             self._progress()
             return
         use = self.use_of.get(index)
@@ -269,6 +273,46 @@ class PairStream:
         if use is not None:
             self._settle(index)
         self._progress()
+
+    def _decide_waiting(self) -> bool:
+        """Allocator: decide the pairs here in index order, up to one to hold; whether any
+        was decided."""
+        decided = False
+        while self.next_index in self.early:
+            if self._hold_head():
+                break
+            self._decide(self.early.pop(self.next_index))
+            self.next_index += 1
+            decided = True
+        return decided
+
+    def _hold_head(self) -> bool:
+        """Whether the next pair to decide waits for demand instead of being released.
+
+        An application whose calls come a little slower than the circuit's pairs would
+        otherwise see most pairs released while its next call is on its way, each costing a
+        whole end-to-end pair's work at every node of the path. Held, a pair serves that
+        call at once, and the memory it takes at both ends holds the circuit's end links
+        back to the rate the applications take pairs at. ``expire`` releases a held pair
+        after ``max_ready_age_ns`` (it decoheres) and one beyond ``hold`` at once."""
+        if not self.hold or self.uses_closed or self.circuit_closed or not self._in_use():
+            return False
+        if self._choose() is not PairUse.RELEASE:
+            return False
+        return sum(i >= self.next_index for i in self.early) <= self.hold
+
+    def _in_use(self) -> bool:
+        """Allocator: an application of either end was asking for pairs (within
+        ``prefetch_idle_ns``) when the next pair to decide came: only then is it held for
+        the next call."""
+        head = self.early.get(self.next_index)
+        came = head.since if head is not None else 0
+        return (
+            self.epr_active
+            or self.prefetching
+            or self.peer_active_until > came
+            or len(self.measure_bases) > self.measures_assigned
+        )
 
     def _decide(self, pair: HeldPair) -> None:
         if self.uses_closed:
@@ -376,6 +420,19 @@ class PairStream:
         return self.held.pop(index)
 
     def _progress(self) -> None:
+        # Serving a call can make room for a held pair's use, which can serve another.
+        while True:
+            if self.allocator:
+                self._decide_waiting()
+            self._serve()
+            if not (self.allocator and self._decidable()):
+                return
+
+    def _decidable(self) -> bool:
+        head = self.next_index in self.early
+        return head and not (self.hold and self._hold_head())
+
+    def _serve(self) -> None:
         while (
             self.epr_wanted
             and self.epr_queue
@@ -416,16 +473,23 @@ class PairStream:
 
     # -- from the peer ---------------------------------------------------------------------------
 
-    def on_demand(self, epr_limit: int, measures: int, teleports: int) -> None:
+    def on_demand(self, epr_limit: int, measures: int, teleports: int, now: int = 0) -> None:
         """Allocator: the follower's cumulative demand (never decreasing)."""
         if not self.allocator:
             raise ProtocolError("the accepting end does not send pair demand")
         if measures < self.peer_measures or teleports < self.peer_teleports:
             raise ProtocolError("pair demand went down")
+        if (epr_limit, measures, teleports) != (
+            self.peer_epr_limit,
+            self.peer_measures,
+            self.peer_teleports,
+        ):
+            self.peer_active_until = now + self.prefetch_idle_ns
         # The epr limit goes down when the follower releases its unclaimed pairs: it never
         # takes back what was assigned, so only a rise matters.
         self.peer_epr_limit = max(self.peer_epr_limit, epr_limit)
         self.peer_measures, self.peer_teleports = measures, teleports
+        self._progress()
 
     def on_epr_release(self, taken: int) -> None:
         """Allocator: the follower took ``taken`` pairs of the epr stream and takes no more
@@ -528,6 +592,9 @@ class PairStream:
         ready = self.ready()
         if ready and self.max_ready_age_ns:
             times.append(min(p.since for p in ready) + self.max_ready_age_ns)
+        held = self.early.get(self.next_index) if self.allocator else None
+        if held is not None and self.max_ready_age_ns:
+            times.append(held.since + self.max_ready_age_ns)
         return min(times, default=None)
 
     def expire(self, now: int) -> None:
@@ -544,6 +611,13 @@ class PairStream:
             for pair in self.ready():
                 if now - pair.since >= self.max_ready_age_ns:
                     self._release_ready(pair)
+        if self.allocator and self.max_ready_age_ns:
+            while (held := self.early.get(self.next_index)) is not None and (
+                now - held.since >= self.max_ready_age_ns
+            ):
+                self._decide(self.early.pop(self.next_index))  # RELEASE, or a use come since
+                self.next_index += 1
+            self._progress()
 
     def _release_idle_epr(self) -> None:
         """Follower: its application stopped taking epr pairs with pairs of the stream still

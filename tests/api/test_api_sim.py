@@ -234,3 +234,40 @@ async def test_teleports_after_an_epr_phase_find_memory(autojump_clock: trio.abc
         with trio.fail_after(5):
             _, outcomes = await both(send, receive)
         assert outcomes == [1] * sends
+
+
+async def test_allocations_waiting_for_a_full_memory_wait_for_a_free_qubit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two allocations waiting on a full memory take the qubits as they free. (Each used to
+    balance the memory on every wake-up, which woke the other: the two woke each other for
+    ever and time stood still.)"""
+    async with open_network(chain(2, memory_qubits=4)) as net, net.open_node("n0") as alice:
+        held = [await alice.qubit() for _ in range(4)]
+        runtime = net.node("n0")
+        attempts = 0
+        allocate = runtime.channel.allocate
+
+        async def counted(count: int = 1) -> list[int]:
+            nonlocal attempts
+            attempts += 1
+            assert attempts < 100, "allocations spin while they wait"
+            return await allocate(count)
+
+        runtime.channel.allocate = counted  # type: ignore[method-assign]
+        got: list[object] = []
+
+        async def wait_for_one() -> None:
+            got.append(await alice.qubit())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_one)
+            nursery.start_soon(wait_for_one)
+            await trio.sleep(0.2)
+            assert got == []
+            await held[0].free()
+            await trio.sleep(0.2)
+            assert len(got) == 1
+            await held[1].free()
+        assert len(got) == 2
+        assert attempts < 10

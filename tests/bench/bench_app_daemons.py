@@ -41,6 +41,9 @@ from typing import Any
 import trio
 
 from qnet.api.remote import RemoteBackend, RemoteSocket, open_remote
+from qnet.daemon.control import open_daemon_client
+from qnet.daemon.report import gather_links
+from qnet.daemon.rundir import NetworkState
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 7
@@ -74,6 +77,45 @@ class CpuMeter:
         spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
         parts = " ".join(f"{name} {s / units * 1e3:.2f}" for name, s in spent.items())
         return f"  CPU ms per {unit}: {parts}; total {sum(spent.values()) / units * 1e3:.2f}"
+
+
+class LinkMeter:
+    """Per unit over one figure: link pairs made on each link (above one per end-to-end pair,
+    the surplus was made and then freed unused) and the peer messages and gRPC batches all
+    daemons sent (every message a daemon relays costs it a receive and a send)."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = NetworkState.from_json(state)
+        self._start: dict[str, int] = {}
+
+    async def _counts(self) -> dict[str, int]:
+        rows, _ = await gather_links(self.state)
+        counts = {row.link_id: row.pairs for row in rows}
+        counts["messages"] = counts["batches"] = 0
+
+        async def one(name: str, address: str) -> None:
+            async with open_daemon_client(address, self.state.client_tls(name)) as client:
+                resp = await client.counters()
+            for peer in resp.peers:
+                counts["messages"] += peer.messages_sent
+                counts["batches"] += peer.batches_sent
+
+        async with trio.open_nursery() as nursery:
+            for name, record in self.state.nodes.items():
+                nursery.start_soon(one, name, record.address)
+        return counts
+
+    async def start(self) -> None:
+        self._start = await self._counts()
+
+    async def report(self, units: int, unit: str) -> str:
+        now = await self._counts()
+        per = {key: (now[key] - self._start.get(key, 0)) / units for key in now}
+        links = " ".join(f"{key} {per[key]:.2f}" for key in sorted(now) if "|" in key)
+        return (
+            f"  per {unit}: link pairs {links}; peer messages {per['messages']:.1f}"
+            f" in {per['batches']:.1f} batches"
+        )
 
 
 def qnet(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -206,6 +248,7 @@ async def call_latency(alice: RemoteBackend, calls: int) -> list[float]:
 async def bench(state: dict[str, Any], a: argparse.Namespace) -> None:
     nodes = state["nodes"]
     cpu = CpuMeter(state)
+    links = LinkMeter(state)
     async with (
         open_remote(nodes["alice"]["address"]) as alice,
         open_remote(nodes["bob"]["address"]) as bob,
@@ -223,24 +266,30 @@ async def bench(state: dict[str, Any], a: argparse.Namespace) -> None:
         print(f"connect (handshake + circuit alice→bob): {(time.perf_counter() - t) * 1e3:.0f} ms")
         if "epr" in a.only:
             cpu.start()
+            await links.start()
             rate, agree = await epr_rate([(alice, cli), (bob, conn)], a.pairs, a.window)
             print(
                 f"epr: {rate:.1f} pairs/s delivered to both apps"
                 f" (Z agreement {agree:.3f}, {a.pairs} pairs)"
             )
             print(cpu.report(a.pairs, "pair"))
+            print(await links.report(a.pairs, "pair"))
         if "epr_measure" in a.only:
             cpu.start()
+            await links.start()
             rate, agree = await epr_measure_rate([cli, conn], a.pairs, a.chunk)
             print(f"epr_measure: {rate:.1f} pairs/s (Z agreement {agree:.3f}, {a.pairs} pairs)")
             print(cpu.report(a.pairs, "pair"))
+            print(await links.report(a.pairs, "pair"))
         if "teleport" in a.only:
             cpu.start()
+            await links.start()
             rate, ones = await teleport_rate(alice, cli, bob, conn, a.teleports, a.window)
             print(
                 f"teleport: {rate:.1f} qubits/s (|1⟩ read as 1: {ones:.3f}, {a.teleports} qubits)"
             )
             print(cpu.report(a.teleports, "teleport"))
+            print(await links.report(a.teleports, "teleport"))
         await cli.close()
         await conn.close()
 

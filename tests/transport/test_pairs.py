@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,6 +82,57 @@ def test_pairs_beyond_the_windows_are_released() -> None:
     assert [e.index for e in net.of(A, EprPair)] == [e.index for e in net.of(B, EprPair)]
     assert len(net.of(A, EprPair)) == 5
     assert any(isinstance(m, PairDemand) and m.epr_limit >= 8 for m in net.sent[A])
+    net.check_ledger()
+
+
+@pytest.mark.parametrize("hold", [0, 2])
+def test_pairs_no_call_wanted_wait_for_the_next_calls(hold: int) -> None:
+    """The allocator keeps up to ``hold_pairs`` pairs that came while both windows were full,
+    undecided, for the next calls, rather than releasing them while those calls are on
+    their way (each would cost a whole end-to-end pair)."""
+    config = replace(CONFIG, pause_after_ns=10_000 * MS, hold_pairs=hold)
+    net = Net(seed=1, config=config)
+    a, b = established(net)
+    net.do(A, lambda core, now: core.epr(a, now))
+    net.do(B, lambda core, now: core.epr(b, now))
+    net.run(16 * MS)  # the windows fill and a few more pairs come
+    net.pairs_flowing = False
+    net.run(2 * MS)
+    stream = net.cores[B].connection(b).pairs
+    held = sorted(stream.early)
+    assert len(held) == hold
+    calls = config.pair_window + 3
+    for _ in range(calls):
+        net.do(A, lambda core, now: core.epr(a, now))
+        net.do(B, lambda core, now: core.epr(b, now))
+    net.run(5 * MS)
+    got_a, got_b = net.of(A, EprPair), net.of(B, EprPair)
+    # The first call's pair, the windows', and the held ones: no further pair comes.
+    assert len(got_a) == len(got_b) == 1 + config.pair_window + hold
+    assert [e.index for e in got_a] == [e.index for e in got_b]
+    if hold:
+        assert [e.index for e in got_a][-hold:] == held
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_held_pairs_are_released_once_they_aged() -> None:
+    net = Net(seed=1, config=replace(CONFIG, pause_after_ns=10_000 * MS))
+    a, b = established(net)
+    net.do(A, lambda core, now: core.epr(a, now))
+    net.do(B, lambda core, now: core.epr(b, now))
+    net.run(16 * MS)
+    net.pairs_flowing = False
+    stream = net.cores[B].connection(b).pairs
+    held = sorted(stream.early)
+    assert held
+    net.run(CONFIG.max_ready_age_ns)
+    assert stream.early == {}
+    uses = [u for m in net.sent[B] if isinstance(m, PairUses) for u in m.uses]
+    assert [uses[i] for i in held] == [PairUse.RELEASE.value] * len(held)
+    net.run(CONFIG.prefetch_idle_ns + 10 * MS)  # the idle windows go back too
+    for node in (A, B):
+        assert net.cores[node].held_qubits() == []
     net.check_ledger()
 
 
