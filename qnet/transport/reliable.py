@@ -189,7 +189,10 @@ class RecordSender:
     def _estimated_rto(self) -> int:
         if not self.rtt.samples:
             return self._config.initial_rto_ns
-        bound = self.rtt.bound()
+        # The peer may hold its Ack back for up to ack_delay_ns (QUIC adds its max_ack_delay
+        # to the probe timeout likewise): without it, a round trip well under the delay
+        # times out before the Ack comes and every such record goes twice.
+        bound = self.rtt.bound() + self._config.ack_delay_ns
         return max(self._config.min_rto_ns, min(bound, self._config.max_rto_ns))
 
     # -- timer ---------------------------------------------------------------------------------

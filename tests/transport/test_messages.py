@@ -230,3 +230,21 @@ def test_a_lone_record_is_acknowledged_after_the_delay_and_every_second_at_once(
     net.do(A, lambda core, now: core.close(a, now))
     net.run(net.faults.delay_ns + CONFIG.ack_delay_ns // 2)
     assert acks() == before + 3
+
+
+def test_a_round_trip_shorter_than_the_ack_delay_sends_each_record_once() -> None:
+    """The retransmission timeout leaves room for the peer's delayed Ack: on a fast path,
+    records acknowledged at once (every second one) set a timeout shorter than the delay, and
+    a lone record used to time out before its Ack came, and went twice."""
+    net = Net(seed=1, faults=Faults(delay_ns=50_000))  # 0.1 ms round trips
+    net.pairs_flowing = False
+    a, _ = established(net)
+    for _ in range(10):
+        for _ in range(2):  # acknowledged at once: a short round-trip sample
+            net.do(A, lambda core, now: core.send(a, b"x" * 10, now))
+        net.run(10 * MS)
+        net.do(A, lambda core, now: core.send(a, b"y" * 10, now))  # its Ack waits
+        net.run(10 * MS)
+    segments = [m for m in net.sent[A] if isinstance(m, Segment)]
+    assert len({m.seq for m in segments}) == 30
+    assert len(segments) == 30
