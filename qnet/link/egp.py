@@ -331,6 +331,15 @@ class EgpCore:
         arming.update(self, now)
         return True
 
+    def upper_held_changes(self, count: int) -> bool:
+        """Whether ``set_upper_held(count)`` would change anything: the node asks after every
+        input, and most change nothing here."""
+        return count != self._upper_held or self._unreported != 0
+
+    def memory_elsewhere_changes(self, count: int) -> bool:
+        """Whether ``set_memory_elsewhere(count)`` would change anything."""
+        return count != self._elsewhere
+
     def set_memory_elsewhere(self, count: int, now: int) -> bool:
         """Qubits of this node in use outside this core (other links, other layers): the
         node's memory is shared, so arming counts them too rather than run into the

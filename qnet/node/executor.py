@@ -123,10 +123,14 @@ class NodeExecutor:
             self._waiter = None
 
     async def _serve(self) -> None:
+        settle = self._settle if self._settle is not None else nullcontext
         while True:
             batch = await self._next_batch()
-            # The circuits' commands go first (see the module's docstring).
-            batch.sort(key=lambda entry: entry[0] is not self._first)
+            first = self._first
+            if first is not None and len(batch) > 1:
+                # The circuits' commands go first (see the module's docstring); the sort is
+                # stable, so each owner's commands keep their order.
+                batch.sort(key=lambda entry: entry[0] is not first)
             error: QnetError | None = None
             try:
                 await self._run_batch(batch)
@@ -135,8 +139,12 @@ class NodeExecutor:
                 log.error("%s: backend request failed: %s", self.node, exc)
             by_owner: dict[int, tuple[CommandOwner, list[PhysicalCommand]]] = {}
             for owner, cmd in batch:
-                by_owner.setdefault(id(owner), (owner, []))[1].append(cmd)
-            with self._settle() if self._settle is not None else nullcontext():
+                group = by_owner.get(id(owner))
+                if group is None:
+                    by_owner[id(owner)] = (owner, [cmd])
+                else:
+                    group[1].append(cmd)
+            with settle():
                 for owner, cmds in by_owner.values():
                     owner.after_batch(cmds, error)
 

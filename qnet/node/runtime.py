@@ -19,9 +19,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -155,6 +155,7 @@ class NodeRuntime:
         self.ready = trio.Event()
         #: Messages from neighbours refused here or by a link core (routing counts its own).
         self.protocol_errors = 0
+        self._input = _OneInput(self)
         self._executor = NodeExecutor(name, channel, self.now, settle=self._one_input)
         # Routing and circuits send through the link layers' acknowledgement carrier.
         carrier = _AckCarrier(transport, self)
@@ -600,36 +601,41 @@ class NodeRuntime:
         Circuit events go to the network layer only after every output is placed: it may
         answer with a new CREATE on this very link, whose commands must queue behind the
         ones the core issued before (a Disarm queued after new Arms would undo them)."""
+        core = link.core
+        if not core.has_outputs:
+            # Nothing moved (a timer that found nothing due, an input that changed nothing
+            # here): only the deadline may have.
+            self._set_due(link.peer, core.next_deadline())
+            self._balance_memory()
+            return
         self._holding += 1
         try:
             messages: list[PeerMessage] = []
             circuit_events: list[PairOk | CreateErr] = []
-            for out in link.core.pop_outputs():
-                if isinstance(out, PeerMessage):
-                    messages.append(out)
-                elif isinstance(out, PhysicalCommand):
-                    link.commands.send_nowait(out)
-                elif self._deliver(link, out):
+            routes = _OUTPUT_ROUTES
+            for out in core.pop_outputs():
+                route = routes.get(type(out))
+                if route is None:
+                    route = routes[type(out)] = _output_route(out)
+                if route is _Route.PEER:
+                    messages.append(out)  # type: ignore[arg-type]
+                elif route is _Route.COMMAND:
+                    link.commands.send_nowait(out)  # type: ignore[arg-type]
+                elif self._deliver(link, out):  # type: ignore[arg-type]
                     assert isinstance(out, PairOk | CreateErr)
                     circuit_events.append(out)
             if messages:
                 self.transport.send(link.peer, messages)
-            self._set_due(link.peer, link.core.next_deadline())
+            self._set_due(link.peer, core.next_deadline())
             for event in circuit_events:
                 self.circuits.on_link_event(link.peer, event)
         finally:
             self._holding -= 1
         self._balance_memory()
 
-    @contextmanager
-    def _one_input(self) -> Iterator[None]:
+    def _one_input(self) -> _OneInput:
         """Handle what happens inside as one input: the memory is balanced once, after."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
-        self._balance_memory()
+        return self._input
 
     def _balance_memory(self) -> None:
         """Tell each link core how much of the node's memory the others use: the links and
@@ -643,7 +649,8 @@ class NodeRuntime:
             return
         self._balancing = True
         try:
-            now = self.now()
+            # Read once, and only if a core needs it: most balances change nothing.
+            now = -1
             links = self._links
             circuits_core = self.circuits.core
             held = circuits_core.qubits_held_by_link()
@@ -671,14 +678,22 @@ class NodeRuntime:
                     # delivers as held until the next report, which keeps arming honest
                     # between a delivery and its user taking it.
                     reported.add(peer)
-                    moved = core.set_upper_held(upper, now)
-                claim = max(core.memory_used(), reserved.get(peer, 0))
+                    if core.upper_held_changes(upper):
+                        if now < 0:
+                            now = self.now()
+                        moved = core.set_upper_held(upper, now)
+                claim = core.memory_used()
+                if reserved:
+                    claim = max(claim, reserved.get(peer, 0))
                 claimed += claim
                 claims.append((link, claim, moved))
             for link, claim, moved in claims:
                 core = link.core
-                if core.set_memory_elsewhere(claimed - claim, now):
-                    moved = True
+                if core.memory_elsewhere_changes(claimed - claim):
+                    if now < 0:
+                        now = self.now()
+                    if core.set_memory_elsewhere(claimed - claim, now):
+                        moved = True
                 if core.has_outputs:
                     self._flush(link)
                 elif moved:
@@ -719,6 +734,45 @@ class NodeRuntime:
             return self._links[peer]
         except KeyError:
             raise NotFound(f"{peer!r} is not a neighbour", node=self.name) from None
+
+
+class _OneInput:
+    """``NodeRuntime._one_input``: one object for every use, as a generator-based context
+    manager costs a generator and two frames per executor batch."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self._runtime = runtime
+
+    def __enter__(self) -> None:
+        self._runtime._holding += 1
+
+    def __exit__(self, *exc: object) -> None:
+        runtime = self._runtime
+        runtime._holding -= 1
+        runtime._balance_memory()
+
+
+class _Route(Enum):
+    """Where ``_flush`` sends a link core's output of some class."""
+
+    PEER = 1
+    COMMAND = 2
+    UPPER = 3
+
+
+def _output_route(out: object) -> _Route:
+    if isinstance(out, PeerMessage):
+        return _Route.PEER
+    if isinstance(out, PhysicalCommand):
+        return _Route.COMMAND
+    return _Route.UPPER
+
+
+#: The route of each output class met so far (``_output_route``, memoised: a flush takes
+#: several outputs, and isinstance through the class hierarchies costs more than a lookup).
+_OUTPUT_ROUTES: dict[type, _Route] = {}
 
 
 class _LinkCommands:

@@ -69,19 +69,28 @@ def kron(a: Matrix, b: Matrix) -> Matrix:
 
 def _embedded(op: Matrix, positions: tuple[int, ...], n: int) -> tuple[Matrix, Matrix]:
     """(U, U†) of the k-qubit ``op`` on tensor axes ``positions`` as an n-qubit operator."""
+    # The fixed gates are the same array every time: found by identity first, without
+    # hashing the matrix's bytes (the entry holds ``op``, so its id is not reused meanwhile).
+    by_id = _embedded_by_id.get((id(op), positions, n))
+    if by_id is not None and by_id[0] is op:
+        return by_id[1]
     key = (op.tobytes(), positions, n)
     found = _embedded_cache.get(key)
-    if found is not None:
-        return found
-    k = len(positions)
-    full = kron(op, np.eye(1 << (n - k), dtype=np.complex128))
-    # Axis j of ``full`` holds tensor axis order[j]: the op's axes first, then the rest.
-    order = list(positions) + [p for p in range(n) if p not in positions]
-    u = np.ascontiguousarray(_permute_operator(full, [order.index(j) for j in range(n)]))
-    pair = (u, np.ascontiguousarray(u.conj().T))
-    if len(_embedded_cache) < _EMBEDDED_LIMIT:  # rotations by arbitrary angles: not kept
-        _embedded_cache[key] = pair
-    return pair
+    if found is None:
+        k = len(positions)
+        full = kron(op, np.eye(1 << (n - k), dtype=np.complex128))
+        # Axis j of ``full`` holds tensor axis order[j]: the op's axes first, then the rest.
+        order = list(positions) + [p for p in range(n) if p not in positions]
+        u = np.ascontiguousarray(_permute_operator(full, [order.index(j) for j in range(n)]))
+        found = (u, np.ascontiguousarray(u.conj().T))
+        if len(_embedded_cache) < _EMBEDDED_LIMIT:  # rotations by arbitrary angles: not kept
+            _embedded_cache[key] = found
+    if len(_embedded_by_id) < _EMBEDDED_LIMIT:
+        _embedded_by_id[(id(op), positions, n)] = (op, found)
+    return found
+
+
+_embedded_by_id: dict[tuple[int, tuple[int, ...], int], tuple[Matrix, tuple[Matrix, Matrix]]] = {}
 
 
 def conjugate(rho: Matrix, op: Matrix, positions: Sequence[int], n: int) -> Matrix:
@@ -195,14 +204,22 @@ class StateEngine:
 
     def merge(self, qubits: Sequence[int]) -> QubitGroup:
         """Bring ``qubits`` into one group (Kronecker product of their groups)."""
+        table = self._group
         groups: list[QubitGroup] = []
         for q in qubits:
-            g = self.group_of(q)
-            if not any(g is h for h in groups):
+            g = table.get(q)
+            if g is None:
+                raise NotFound(f"qubit {q} does not exist")
+            for h in groups:
+                if h is g:
+                    break
+            else:
                 groups.append(g)
         if len(groups) == 1:
             return groups[0]
-        total = sum(g.size for g in groups)
+        total = 0
+        for g in groups:
+            total += len(g.qubits)
         if total > self.max_group_qubits:
             raise GroupTooLarge(
                 f"operation on qubits {list(qubits)} would entangle {total} qubits in one state;"
@@ -215,43 +232,46 @@ class StateEngine:
             members.extend(g.qubits)
         merged = QubitGroup(members, rho)
         for q in members:
-            self._group[q] = merged
+            table[q] = merged
         return merged
 
     # -- operations ----------------------------------------------------------------------
 
     def apply(self, op: Matrix, qubits: Sequence[int]) -> None:
         """Apply the unitary ``op`` to ``qubits`` (its tensor factors in that order)."""
-        if len(set(qubits)) != len(qubits):
+        if len(qubits) > 1 and len(set(qubits)) != len(qubits):
             raise InvalidArgument(f"a gate's qubits must be distinct, got {list(qubits)}")
         group = self.merge(qubits)
-        positions = [group.qubits.index(q) for q in qubits]
-        group.rho = conjugate(group.rho, op, positions, group.size)
+        members = group.qubits
+        positions = [members.index(q) for q in qubits]
+        group.rho = conjugate(group.rho, op, positions, len(members))
 
     def measure(
         self, qubit: int, basis: Basis, *, keep: bool = False, rng: random.Random | None = None
     ) -> int:
         """Projective measurement; 0 is the basis's +1 eigenstate. Frees the qubit unless kept.
         ``rng`` (default: the engine's) draws the outcome."""
-        rotation = TO_Z_BASIS[basis]
+        # Z, the common case, needs no rotation (and no hashing of the enum member).
+        rotation = None if basis is Basis.Z else TO_Z_BASIS[basis]
         if rotation is not None:
             self.apply(rotation, (qubit,))
         group = self.group_of(qubit)
-        n = group.size
+        members = group.qubits
+        n = len(members)
+        rho = group.rho
         if n == 1:
-            p0 = float(group.rho[0, 0].real)
+            p0 = float(rho[0, 0].real)
         else:
-            pos = group.qubits.index(qubit)
-            diag = group.rho.diagonal().real.reshape(1 << pos, 2, 1 << (n - pos - 1))
+            pos = members.index(qubit)
+            diag = rho.diagonal().real.reshape(1 << pos, 2, 1 << (n - pos - 1))
             p0 = float(diag[:, 0, :].sum())
         outcome = 0 if (rng or self.rng).random() < p0 else 1
         p = p0 if outcome == 0 else 1.0 - p0
         if n > 1:
-            pos = group.qubits.index(qubit)
-            v = _split(group.rho, pos, n)
+            v = _split(rho, pos, n)
             d = 1 << (n - 1)
             group.rho = v[:, outcome, :, :, outcome, :].reshape(d, d) / max(p, 1e-300)
-            del group.qubits[pos]
+            del members[pos]
         del self._group[qubit]
         if keep:
             ket = EIGENSTATES[basis][outcome]
@@ -274,8 +294,9 @@ class StateEngine:
         group = self.group_of(qubit)
         n = len(group.qubits)
         if damping == 0.0 and coherence == 1.0:
-            # Depolarising alone (memories without T1/T2): (1 − p)ρ + p·(I/2 ⊗ Tr_q ρ), in
-            # fewer whole-block operations.
+            # Depolarising alone (memories without T1/T2): (1 − p)ρ + p·(I/2 ⊗ Tr_q ρ).
+            # (A cached 4ⁿ × 4ⁿ map as one matrix-vector product was faster in qnet.sim, but
+            # BLAS made it three times as costly in qnet-channeld, beside gRPC's threads.)
             v = _split(group.rho, group.qubits.index(qubit), n)
             mixed = v[:, 0, :, :, 0, :] + v[:, 1, :, :, 1, :]
             mixed *= 0.5 * depolar
