@@ -58,11 +58,15 @@ class TransportConfig:
     backlog: int = 16
     #: Out-of-order records named in one Ack.
     max_selective: int = 16
-    #: An Ack waits up to this long for a second record to cover (RFC 1122's delayed ACK):
+    #: An Ack waits up to this long for more records to cover (RFC 1122's delayed ACK):
     #: through daemons every transport message crosses each node of the path, and an Ack
     #: per record was half of them. A gap, a duplicate, a Fin or a handshake is acknowledged
-    #: at once, and so is every second record.
+    #: at once, and so is every ``records_per_ack``-th record.
     ack_delay_ns: int = 2 * _MS
+    #: Records one Ack covers at most (RFC 1122 says two; QUIC lets the sender ask for
+    #: more): through daemons four sent 6 % fewer peer messages per pair or teleport than
+    #: two (eight no fewer), the window (``max_in_flight``) being far larger.
+    records_per_ack: int = 4
 
     def check(self) -> None:
         for name in (
@@ -82,6 +86,7 @@ class TransportConfig:
             "max_ready_age_ns",
             "backlog",
             "max_selective",
+            "records_per_ack",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"TransportConfig.{name} must be > 0")

@@ -361,7 +361,11 @@ class Connection:
         receiver = self.receiver
         if not receiver.ack_due:
             return
-        if not receiver.ack_now and receiver.unacked < 2 and self.config.ack_delay_ns:
+        if (
+            not receiver.ack_now
+            and receiver.unacked < self.config.records_per_ack
+            and self.config.ack_delay_ns
+        ):
             if self.ack_since is None:
                 self.ack_since = now
             if now - self.ack_since < self.config.ack_delay_ns:
