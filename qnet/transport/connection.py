@@ -322,9 +322,13 @@ class Connection:
         self._pause_or_resume(now)
 
     def _pause_or_resume(self, now: int) -> None:
-        """Allocator: pause the circuit once no end has wanted a pair for ``pause_after_ns``;
-        resume at the first demand. Pairs arriving while paused (made before the pause
-        landed) are decided as ever: RELEASE, or put to the demand that resumed it."""
+        """Allocator: pause the circuit once no end has wanted a pair for ``pause_after_ns``,
+        or at once when a teleport-only connection left a pair unused (``PairStream.
+        _surplus``); resume at the first demand. Pairs arriving while paused (made before
+        the pause landed) are decided as ever: RELEASE, or put to the demand that resumed
+        it."""
+        # Only a pair left unused since the last look counts (not one while paused).
+        surplus, self.pairs.surplus = self.pairs.surplus, False
         if (
             self.role is not Role.ACCEPTOR
             or self.circuit is None
@@ -339,7 +343,13 @@ class Connection:
                 self.circuit_paused = False
                 self._out.append(ResumeCircuit(self.circuit))
         elif not self.circuit_paused:
-            if self.idle_since is None:
+            if surplus:
+                # Teleports take fewer pairs than the circuit makes: pause now, rather than
+                # free one pair after another until the next send_qubit.
+                self.circuit_paused = True
+                self.idle_since = None
+                self._out.append(PauseCircuit(self.circuit))
+            elif self.idle_since is None:
                 self.idle_since = now
             elif now - self.idle_since >= self.config.pause_after_ns:
                 self.circuit_paused = True

@@ -198,6 +198,9 @@ class PairStream:
         self.peer_teleports_assigned = 0
         #: Allocator: the follower's demand last changed before this (``_in_use``).
         self.peer_active_until = 0
+        #: Allocator: a pair went unused for lack of teleports (``_surplus``) since the
+        #: connection last looked.
+        self.surplus = False
         # Allocator output for the connection to send: uses from ``uses_first`` on; whether
         # PairsEnd is due. Both ends: Teleport bits, in send order.
         self.uses_out: list[int] = []
@@ -281,6 +284,8 @@ class PairStream:
         while self.next_index in self.early:
             if self._hold_head():
                 break
+            if self._surplus():
+                self.surplus = True
             self._decide(self.early.pop(self.next_index))
             self.next_index += 1
             decided = True
@@ -300,6 +305,20 @@ class PairStream:
         if self._choose() is not PairUse.RELEASE:
             return False
         return sum(i >= self.next_index for i in self.early) <= self.hold
+
+    def _surplus(self) -> bool:
+        """Allocator: the next pair goes unused while the applications use the connection
+        for teleports only, with ``hold`` pairs held already: the circuit makes pairs
+        faster than the qubits come, and the connection pauses it until the next demand
+        (``Connection``). Epr streams do not pause for it: their windows fill and drain
+        with every call, and pausing there cost more than the pairs it saved."""
+        return (
+            self.hold > 0
+            and self._in_use()
+            and self._choose() is PairUse.RELEASE
+            and not self.epr_active
+            and self.peer_epr_limit <= self.epr_assigned
+        )
 
     def _in_use(self) -> bool:
         """Allocator: an application of either end was asking for pairs (within

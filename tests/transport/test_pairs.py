@@ -189,6 +189,43 @@ def test_a_busy_stream_never_pauses() -> None:
     net.check_ledger()
 
 
+def test_teleports_slower_than_the_circuit_pause_it_until_the_next_qubit() -> None:
+    """A pair left unused on top of the held ones, while the connection only teleports,
+    pauses the circuit at once (not after pause_after_ns of no demand at all); each qubit
+    sent resumes it, and every qubit arrives."""
+    config = replace(CONFIG, pause_after_ns=10_000 * MS)  # only the surplus rule pauses
+    net = Net(seed=5, config=config)
+    a, _ = established(net)
+    sends = 6
+    for i in range(sends):  # one qubit per 20 pairs
+        _teleport(net, A, a, f"q{i}")
+        net.run(40 * MS)
+    net.run_until(lambda: len(net.of(B, QubitReceived)) == sends)
+    labels = [net.ledger.qubits[e.qubit].content for e in net.of(B, QubitReceived)]
+    assert labels == [f"q{i}" for i in range(sends)]
+    pauses = _pauses(net)
+    assert pauses.count(True) >= sends - 1
+    assert pauses == [True, False] * (len(pauses) // 2) + [True] * (len(pauses) % 2)
+    # Paused most of the time: far fewer pairs than 2 ms apart for 240 ms.
+    (circuit,) = net.circuits.values()
+    assert circuit.next_index < 40
+    net.check_ledger()
+    assert net.protocol_errors == []
+
+
+def test_an_epr_stream_slower_than_the_circuit_is_not_paused_for_it() -> None:
+    config = replace(CONFIG, pause_after_ns=10_000 * MS)
+    net = Net(seed=5, config=config)
+    a, b = established(net)
+    for _ in range(10):  # one call per end per 5 pairs: the surplus is released
+        net.do(A, lambda core, now: core.epr(a, now))
+        net.do(B, lambda core, now: core.epr(b, now))
+        net.run(10 * MS)
+    assert len(net.of(A, EprPair)) == len(net.of(B, EprPair)) == 10
+    assert _pauses(net) == []
+    net.check_ledger()
+
+
 def test_measure_directly_outcomes_agree_in_order() -> None:
     net = Net(seed=2, faults=Faults(loss=0.2, jitter_ns=2 * MS))
     a, b = established(net)
