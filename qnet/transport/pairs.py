@@ -196,7 +196,8 @@ class PairStream:
         self.peer_measures = 0
         self.peer_teleports = 0
         self.peer_teleports_assigned = 0
-        #: Allocator: the follower's demand last changed before this (``_in_use``).
+        #: Allocator: the follower counts as asking for pairs until then (its demand last
+        #: changed ``prefetch_idle_ns`` before; ``_in_use``).
         self.peer_active_until = 0
         #: Allocator: a pair went unused for lack of teleports (``_surplus``) since the
         #: connection last looked.
@@ -277,10 +278,9 @@ class PairStream:
             self._settle(index)
         self._progress()
 
-    def _decide_waiting(self) -> bool:
-        """Allocator: decide the pairs here in index order, up to one to hold; whether any
-        was decided."""
-        decided = False
+    def _decide_waiting(self) -> None:
+        """Allocator: decide the pairs here in index order, until a missing index or a pair
+        to hold for demand (``_hold_head``)."""
         while self.next_index in self.early:
             if self._hold_head():
                 break
@@ -288,8 +288,6 @@ class PairStream:
                 self.surplus = True
             self._decide(self.early.pop(self.next_index))
             self.next_index += 1
-            decided = True
-        return decided
 
     def _hold_head(self) -> bool:
         """Whether the next pair to decide waits for demand instead of being released.
@@ -448,8 +446,7 @@ class PairStream:
                 return
 
     def _decidable(self) -> bool:
-        head = self.next_index in self.early
-        return head and not (self.hold and self._hold_head())
+        return self.next_index in self.early and not self._hold_head()
 
     def _serve(self) -> None:
         while (
