@@ -15,6 +15,7 @@ pairs per CPU-second; with ``--sequence`` the SeQUeNCe harness runs the same cha
 venv (Python 3.12, built on first use) and the ratio of pairs per CPU-second is printed.
 
     python tests/bench/bench_chain_sim.py --nodes 5 --sim-s 0.1 --seeds 3 --sequence
+    python tests/bench/bench_chain_sim.py --nodes 5 --seeds 3 --sequence --proto sh bk
     python tests/bench/bench_chain_sim.py --nodes 2 5 9 --seeds 1 --sequence
     python tests/bench/bench_chain_sim.py --nodes 2 3 5 9 17 --sim-s 0.1
     python tests/bench/bench_chain_sim.py --nodes 17 --target 0.25 --sequence
@@ -168,7 +169,16 @@ def main() -> None:
     parser.add_argument("--km", type=float, default=20.0)
     parser.add_argument("--sim-s", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--sequence", action="store_true", help="also run SeQUeNCe (sh)")
+    parser.add_argument("--sequence", action="store_true", help="also run SeQUeNCe")
+    parser.add_argument(
+        "--proto",
+        nargs="+",
+        choices=["sh", "bk"],
+        default=["sh"],
+        help="SeQUeNCe's generation protocol(s): sh (single-heralded, Bell-diagonal states: the"
+        " physics to compare with) or bk (Barrett-Kok, qnet's scheme here, but its states stay"
+        " perfect and only a label carries the fidelity, so its F is not comparable)",
+    )
     parser.add_argument(
         "--target",
         type=float,
@@ -217,31 +227,34 @@ def main() -> None:
         if args.sequence:
             from tests.bench.sequence_side import default_venv, run_sequence
 
-            seq = [
-                run_sequence(
-                    nodes,
-                    args.km,
-                    "sh",
-                    args.sim_s,
-                    seed,
-                    venv=default_venv(),
-                    target_fid=args.target,
+            for proto in args.proto:
+                seq = [
+                    run_sequence(
+                        nodes,
+                        args.km,
+                        proto,
+                        args.sim_s,
+                        seed,
+                        venv=default_venv(),
+                        target_fid=args.target,
+                    )
+                    for seed in range(args.seeds)
+                ]
+                s_pairs = statistics.median(float(r["pairs"]) for r in seq)
+                # The simulation loop only (its import and set-up are not counted, as for
+                # qnet).
+                s_cpu = statistics.median(float(r["run_cpu_s"]) for r in seq)
+                s_per = statistics.median(float(r["pairs_per_cpu_s"]) for r in seq)
+                # A run without pairs has no fidelity (None): the median is over runs with one.
+                fids = [float(f) for r in seq if (f := r.get("mean_fid_physical")) is not None]
+                s_f = statistics.median(fids) if fids else float("nan")
+                label = f"SeQ {proto}"
+                print(
+                    f"{label:<9}{nodes:>6}{s_pairs:>8.0f}{s_pairs / args.sim_s:>13.0f}"
+                    f"{s_f:>9.4f}{'':>8}{s_cpu:>8.3f}{s_per:>13.0f}"
                 )
-                for seed in range(args.seeds)
-            ]
-            s_pairs = statistics.median(float(r["pairs"]) for r in seq)
-            # The simulation loop only (its import and set-up are not counted, as for qnet).
-            s_cpu = statistics.median(float(r["run_cpu_s"]) for r in seq)
-            s_per = statistics.median(float(r["pairs_per_cpu_s"]) for r in seq)
-            # A run without pairs has no fidelity (None): the median is over runs with one.
-            fids = [float(f) for r in seq if (f := r.get("mean_fid_physical")) is not None]
-            s_f = statistics.median(fids) if fids else float("nan")
-            print(
-                f"{'SeQUeNCe':<9}{nodes:>6}{s_pairs:>8.0f}{s_pairs / args.sim_s:>13.0f}"
-                f"{s_f:>9.4f}{'':>8}{s_cpu:>8.3f}{s_per:>13.0f}"
-            )
-            ratio = per_cpu / s_per if s_per > 0 else float("nan")
-            print(f"{'ratio':<9}{nodes:>6}{'':>54}{ratio:>12.1f}×")
+                ratio = per_cpu / s_per if s_per > 0 else float("nan")
+                print(f"{'ratio':<9}{nodes:>6}{'':>54}{ratio:>12.1f}×  (qnet / {label})")
 
 
 if __name__ == "__main__":
