@@ -321,7 +321,7 @@ class EgpCore:
         True if that changed anything (outputs, or the next deadline, may have)."""
         if not isinstance(count, int) or count < 0:
             raise InvalidArgument(f"held qubits must be an integer ≥ 0, got {count!r}")
-        if count == self._upper_held and not self._unreported:
+        if not self.upper_held_changes(count):
             return False  # nothing new: the common case when a node re-reports after every input
         self._tick(now)
         if self._upper_held is not None and count < self._upper_held + self._unreported:
@@ -345,7 +345,7 @@ class EgpCore:
         node's memory is shared, so arming counts them too rather than run into the
         backend's NoMemory. Room that grows is used at once. True if that changed
         anything (outputs, or the next deadline, may have)."""
-        if count == self._elsewhere:
+        if not self.memory_elsewhere_changes(count):
             return False
         if count < self._elsewhere:
             self._arm_blocked_until = -1

@@ -21,7 +21,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -602,26 +601,16 @@ class NodeRuntime:
         answer with a new CREATE on this very link, whose commands must queue behind the
         ones the core issued before (a Disarm queued after new Arms would undo them)."""
         core = link.core
-        if not core.has_outputs:
-            # Nothing moved (a timer that found nothing due, an input that changed nothing
-            # here): only the deadline may have.
-            self._set_due(link.peer, core.next_deadline())
-            self._balance_memory()
-            return
         self._holding += 1
         try:
             messages: list[PeerMessage] = []
             circuit_events: list[PairOk | CreateErr] = []
-            routes = _OUTPUT_ROUTES
             for out in core.pop_outputs():
-                route = routes.get(type(out))
-                if route is None:
-                    route = routes[type(out)] = _output_route(out)
-                if route is _Route.PEER:
-                    messages.append(out)  # type: ignore[arg-type]
-                elif route is _Route.COMMAND:
-                    link.commands.send_nowait(out)  # type: ignore[arg-type]
-                elif self._deliver(link, out):  # type: ignore[arg-type]
+                if isinstance(out, PeerMessage):
+                    messages.append(out)
+                elif isinstance(out, PhysicalCommand):
+                    link.commands.send_nowait(out)
+                elif self._deliver(link, out):
                     assert isinstance(out, PairOk | CreateErr)
                     circuit_events.append(out)
             if messages:
@@ -752,27 +741,6 @@ class _OneInput:
         runtime = self._runtime
         runtime._holding -= 1
         runtime._balance_memory()
-
-
-class _Route(Enum):
-    """Where ``_flush`` sends a link core's output of some class."""
-
-    PEER = 1
-    COMMAND = 2
-    UPPER = 3
-
-
-def _output_route(out: object) -> _Route:
-    if isinstance(out, PeerMessage):
-        return _Route.PEER
-    if isinstance(out, PhysicalCommand):
-        return _Route.COMMAND
-    return _Route.UPPER
-
-
-#: The route of each output class met so far (``_output_route``, memoised: a flush takes
-#: several outputs, and isinstance through the class hierarchies costs more than a lookup).
-_OUTPUT_ROUTES: dict[type, _Route] = {}
 
 
 class _LinkCommands:

@@ -452,9 +452,7 @@ class ChannelCore:
         return out
 
     def _disarm_one(self, link: _Link, node: str, qubit: int) -> None:
-        queue = link.armed[node]
-        index = next(i for i, item in enumerate(queue) if item[0] == qubit)
-        del queue[index]
+        index = _remove_armed(link.armed[node], qubit)
         del self._armed_on[qubit]
         # Only the first ``len(running)`` qubits at each end attempt; one further back
         # changes no pairing.
@@ -538,8 +536,11 @@ class ChannelCore:
         self._reschedule(link, when)
 
 
-def _remove_armed(queue: deque[tuple[int, float | None]], qubit: int) -> None:
+def _remove_armed(queue: deque[tuple[int, float | None]], qubit: int) -> int:
+    """Take ``qubit`` out of an armed queue; returns where it stood."""
     if queue[0][0] == qubit:
         queue.popleft()  # the usual case: without multiplexing, always
-        return
-    del queue[next(i for i, item in enumerate(queue) if item[0] == qubit)]
+        return 0
+    index = next(i for i, item in enumerate(queue) if item[0] == qubit)
+    del queue[index]
+    return index

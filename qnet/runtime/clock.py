@@ -24,7 +24,7 @@ class PhysicalClock:
         self._read = trio.lowlevel.current_clock().current_time
 
     def now_ns(self) -> int:
-        return self._start_ns + int((self._read() - self._start) * self.scale * 1e9)
+        return self._at(self._read())
 
     def _at(self, trio_time: float) -> int:
         return self._start_ns + int((trio_time - self._start) * self.scale * 1e9)

@@ -343,15 +343,11 @@ class Connection:
                 self.circuit_paused = False
                 self._out.append(ResumeCircuit(self.circuit))
         elif not self.circuit_paused:
-            if surplus:
-                # Teleports take fewer pairs than the circuit makes: pause now, rather than
-                # free one pair after another until the next send_qubit.
-                self.circuit_paused = True
-                self.idle_since = None
-                self._out.append(PauseCircuit(self.circuit))
-            elif self.idle_since is None:
+            if self.idle_since is None:
                 self.idle_since = now
-            elif now - self.idle_since >= self.config.pause_after_ns:
+            # Teleports taking fewer pairs than the circuit makes pause it at once, rather
+            # than free one pair after another until the next send_qubit.
+            if surplus or now - self.idle_since >= self.config.pause_after_ns:
                 self.circuit_paused = True
                 self.idle_since = None
                 self._out.append(PauseCircuit(self.circuit))

@@ -298,11 +298,11 @@ class PairStream:
         call at once, and the memory it takes at both ends holds the circuit's end links
         back to the rate the applications take pairs at. ``expire`` releases a held pair
         after ``max_ready_age_ns`` (it decoheres) and one beyond ``hold`` at once."""
-        if not self.hold or self.uses_closed or self.circuit_closed or not self._in_use():
-            return False
-        if self._choose() is not PairUse.RELEASE:
-            return False
-        return sum(i >= self.next_index for i in self.early) <= self.hold
+        return (
+            not (self.uses_closed or self.circuit_closed)
+            and self._unwanted_in_use()
+            and sum(i >= self.next_index for i in self.early) <= self.hold
+        )
 
     def _surplus(self) -> bool:
         """Allocator: the next pair goes unused while the applications use the connection
@@ -311,12 +311,15 @@ class PairStream:
         (``Connection``). Epr streams do not pause for it: their windows fill and drain
         with every call, and pausing there cost more than the pairs it saved."""
         return (
-            self.hold > 0
-            and self._in_use()
-            and self._choose() is PairUse.RELEASE
+            self._unwanted_in_use()
             and not self.epr_active
             and self.peer_epr_limit <= self.epr_assigned
         )
+
+    def _unwanted_in_use(self) -> bool:
+        """Allocator, holding pairs: no demand wants the next pair, though an application
+        is using the connection."""
+        return self.hold > 0 and self._choose() is PairUse.RELEASE and self._in_use()
 
     def _in_use(self) -> bool:
         """Allocator: an application of either end was asking for pairs (within

@@ -55,6 +55,8 @@ def two_nodes(
     source_fidelity: float = 0.99,
     detector_efficiency: float = 0.9,
     bright_state: float = 0.1,
+    attempt_overhead_ns: int = 1000,
+    multiplexing: int = 1,
     memory_qubits: int = 8,
     t1_s: float = 0.0,
     t2_s: float = 0.0,
@@ -84,6 +86,8 @@ scheme = "{scheme}"
 detector_efficiency = {detector_efficiency}
 source_fidelity = {source_fidelity}
 bright_state = {bright_state}
+attempt_overhead_ns = {attempt_overhead_ns}
+multiplexing = {multiplexing}
 
 [[node]]
 name = "alice"

@@ -16,8 +16,8 @@ from qnet.link.events import BasisChoice, CreateRequest, Kind, PairOk
 from qnet.physical.channel_core import ChannelCore
 from qnet.physical.events import HeraldEvent
 from qnet.sim import open_network
-from qnet.topology import Topology, parse_topology
-from tests.network.linkhelpers import serve
+from qnet.topology import Topology
+from tests.network.linkhelpers import serve, two_nodes
 
 A, B = "alice", "bob"
 BOUND_S = 60
@@ -26,33 +26,17 @@ BOUND_S = 60
 def multiplexed(multiplexing: int, *, scheme: str = "single_click") -> Topology:
     # A 200 µs attempt on a 2 km link: a pair is delivered and freed within a cycle or so of
     # its herald, so the pipeline of 4 armed qubits per end stays nearly full.
-    return parse_topology(f"""
-[network]
-name = "mux"
-seed = 4
-
-[defaults.node]
-memory_qubits = 8
-t1_s = 0.5
-t2_s = 0.05
-memory_depolar_rate_hz = 2.0
-
-[defaults.link]
-scheme = "{scheme}"
-length_km = 2.0
-source_fidelity = 0.97
-attempt_overhead_ns = 200000
-multiplexing = {multiplexing}
-
-[[node]]
-name = "alice"
-
-[[node]]
-name = "bob"
-
-[[link]]
-between = ["alice", "bob"]
-""")
+    return two_nodes(
+        scheme=scheme,
+        length_km=2.0,
+        source_fidelity=0.97,
+        attempt_overhead_ns=200000,
+        multiplexing=multiplexing,
+        t1_s=0.5,
+        t2_s=0.05,
+        memory_depolar_rate_hz=2.0,
+        seed=4,
+    )
 
 
 def record_heralds(core: ChannelCore) -> list[HeraldEvent]:
